@@ -1,0 +1,213 @@
+//! `slipway deploy`, `slipway rollback` and `slipway build`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::context::{Context, Loaded, deploy_id, deployer};
+use super::exit;
+use crate::artifact::{self, Artifact};
+use crate::notify::Sink;
+use crate::pipeline::{self, Target};
+use crate::plan::{self, Plan};
+use crate::rollout::gated::{self, Rollout, Secrets, Upload};
+use crate::rollout::state::Action;
+use crate::rollout::{RolloutError, manage};
+use crate::source::Commit;
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The environment to deploy to, as named in slipway.toml.
+    pub environment: String,
+    /// The branch, tag or commit to deploy (default: the environment's branch).
+    #[arg(long = "ref", env = "SLIPWAY_REF")]
+    pub git_ref: Option<String>,
+    /// Print the plan (hosts, release id, steps) and change nothing.
+    #[arg(long, env = "SLIPWAY_DRY_RUN")]
+    pub dry_run: bool,
+    /// Deploy this prebuilt artifact (from `slipway build`) instead of
+    /// building; it is checked against the commit before anything happens.
+    #[arg(long, env = "SLIPWAY_ARTIFACT")]
+    pub artifact: Option<PathBuf>,
+    /// Wait this long for another rollout's lock (e.g. "5m"), overriding
+    /// the environment's `lock_wait`.
+    #[arg(long, env = "SLIPWAY_WAIT", value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The environment to roll back.
+    pub environment: String,
+    /// Switch to this release id instead of the one before the current.
+    #[arg(long, env = "SLIPWAY_ROLLBACK_TO")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The branch, tag or commit to build.
+    #[arg(long = "ref", env = "SLIPWAY_REF", default_value = "HEAD")]
+    pub git_ref: String,
+    /// Where to write the artifact and its manifest.
+    #[arg(long, env = "SLIPWAY_OUT", default_value = ".")]
+    pub out: PathBuf,
+}
+
+pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
+    let loaded = ctx.load(&args.environment, args.git_ref.as_deref())?;
+    deploy_loaded(ctx, &loaded, &args).await
+}
+
+/// Deploys an already loaded commit; the hooks and the demo come here too.
+pub async fn deploy_loaded(ctx: &Context, loaded: &Loaded, args: &DeployArgs) -> anyhow::Result<u8> {
+    let env = loaded.config.environment(&args.environment)?;
+    let mut plan = plan::plan(&loaded.config, &args.environment, env, &loaded.branch, &loaded.commit, &deployer());
+    if let Some(wait) = args.wait {
+        plan.lock_wait = wait;
+    }
+    if args.dry_run {
+        ctx.out.result(&plan.render());
+        return Ok(exit::OK);
+    }
+    let secrets = resolve_secrets(&plan)?;
+    let workdir = tempfile::Builder::new().prefix("slipway-artifact-").tempdir()?;
+    let artifact = match &args.artifact {
+        Some(path) => prebuilt(path, &plan)?,
+        None => build_for(ctx, loaded, &plan.branch, &plan.release_id, workdir.path())?,
+    };
+    ctx.out.info(&format!(
+        "  artifact {} ({} files, sha256 {})",
+        artifact.path.display(),
+        artifact.manifest.file_count,
+        &artifact.sha256[..16]
+    ));
+    let cluster = ctx.connect(env).await?;
+    let rollout = Rollout {
+        plan: Arc::new(plan),
+        action: Action::Deploy,
+        artifact: Some(Upload {
+            path: artifact.path.clone(),
+            sha256: artifact.sha256.clone(),
+            size: artifact.size,
+        }),
+        secrets,
+        deploy_id: deploy_id(),
+        sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+    };
+    finish(ctx, gated::deploy(&cluster, &rollout).await)
+}
+
+fn finish(ctx: &Context, result: Result<gated::Report, RolloutError>) -> anyhow::Result<u8> {
+    let report = result?;
+    for warning in &report.warnings {
+        ctx.out.warn(warning);
+    }
+    ctx.out.result(&format!("deployed {}", report.release));
+    Ok(exit::OK)
+}
+
+/// Secret values from the deployer's environment; all must be set before
+/// anything starts, so a rollout never stops half way for want of one.
+fn resolve_secrets(plan: &Plan) -> Result<Secrets, RolloutError> {
+    plan.secrets
+        .iter()
+        .map(|name| {
+            std::env::var(name)
+                .map(|value| (name.clone(), value))
+                .map_err(|_| RolloutError::MissingSecret(name.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Secrets)
+}
+
+fn build_for(ctx: &Context, loaded: &Loaded, branch: &str, release_id: &str, out: &std::path::Path) -> anyhow::Result<Artifact> {
+    let target = Target {
+        config: &loaded.config,
+        commit: &loaded.commit,
+        branch,
+        release_id,
+    };
+    let out_console = Arc::clone(&ctx.out);
+    let artifact = pipeline::build(&loaded.repo, &target, out, &mut |step, line| {
+        out_console.info(&format!("  build {step} | {line}"));
+    })?;
+    Ok(artifact)
+}
+
+/// A prebuilt artifact must be the build of the commit being deployed.
+fn prebuilt(path: &std::path::Path, plan: &Plan) -> anyhow::Result<Artifact> {
+    let artifact = artifact::open(path)?;
+    anyhow::ensure!(
+        artifact.manifest.commit == plan.commit.id && artifact.manifest.app == plan.app,
+        "{} was built from {} of {}, not {} of {}; build it again from the commit you deploy",
+        path.display(),
+        artifact.manifest.commit,
+        artifact.manifest.app,
+        plan.commit.id,
+        plan.app
+    );
+    Ok(artifact)
+}
+
+pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
+    let loaded = ctx.load(&args.environment, None)?;
+    let env = loaded.config.environment(&args.environment)?;
+    let cluster = ctx.connect(env).await?;
+    let states = cluster.read_state().await?;
+    let current = states.first().and_then(|s| s.current.clone());
+    let history = manage::history(&cluster).await?;
+    let (release, commit_id) = match &args.to {
+        Some(id) => {
+            let commit = history.iter().rev().find(|e| &e.release == id).map(|e| e.commit.clone());
+            (id.clone(), commit.unwrap_or_default())
+        }
+        None => {
+            let target = manage::rollback_target(&history, current.as_deref()).with_context(|| {
+                format!(
+                    "no earlier release to roll back to from {} (use --to with an id from `slipway releases {}`)",
+                    current.as_deref().unwrap_or("nothing"),
+                    args.environment
+                )
+            })?;
+            (target.release, target.commit)
+        }
+    };
+    let short = release.rsplit('-').next().unwrap_or_default().to_owned();
+    let commit = Commit {
+        id: commit_id,
+        short,
+        time: 0,
+        subject: format!("rollback to {release}"),
+        author: String::new(),
+    };
+    let mut plan = plan::plan(&loaded.config, &args.environment, env, &loaded.branch, &commit, &deployer());
+    plan.release_id = release;
+    let rollout = Rollout {
+        plan: Arc::new(plan),
+        action: Action::Rollback,
+        artifact: None,
+        secrets: Secrets::default(),
+        deploy_id: deploy_id(),
+        sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+    };
+    let report = gated::deploy(&cluster, &rollout).await?;
+    ctx.out.result(&format!("rolled back to {}", report.release));
+    Ok(exit::OK)
+}
+
+pub fn build(ctx: &Context, args: &BuildArgs) -> anyhow::Result<u8> {
+    let repo = ctx.open_repo()?;
+    let commit = repo.resolve(&args.git_ref)?;
+    let config = ctx.config_at(&repo, &commit)?;
+    let branch = args.git_ref.strip_prefix("refs/heads/").unwrap_or(&args.git_ref).to_owned();
+    let release_id = plan::release_id(&commit);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let loaded = Loaded { repo, commit, config, branch: branch.clone() };
+    let artifact = build_for(ctx, &loaded, &branch, &release_id, &args.out)?;
+    ctx.out.result(&format!("{}  {}", artifact.sha256, artifact.path.display()));
+    Ok(exit::OK)
+}

@@ -1,0 +1,152 @@
+//! The command line: what the user typed, resolved into one subcommand run.
+//!
+//! Read top to bottom: parse arguments → set up logging → run one
+//! subcommand → map its result to an exit code (the one place that does).
+//! One file per subcommand. Invariant: this is the only layer that uses
+//! `anyhow`; library errors stay typed below it.
+
+mod context;
+mod deploy;
+mod demo;
+mod inspect;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use context::Context;
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// The command did what was asked (or there was nothing to do).
+    pub const OK: u8 = 0;
+    /// It failed before changing anything (build, staging, unreachable host).
+    pub const FAILED: u8 = 1;
+    /// Bad usage or a bad config file; nothing was attempted.
+    pub const USAGE: u8 = 2;
+    /// The rollout failed and every host is back on the previous release.
+    pub const ROLLED_BACK: u8 = 3;
+    /// Hosts need attention: unreachable and left closed, or an interrupted
+    /// rollout to `recover`.
+    pub const ATTENTION: u8 = 4;
+    /// Another rollout holds the environment lock.
+    pub const LOCKED: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Exit status: 0 done, 1 failed before changing anything, 2 bad usage or config,
+3 rolled back to the previous release, 4 hosts need attention (see `slipway
+status`), 5 the environment is locked by another rollout.
+
+Start with `slipway demo`: a full gated rollout to three local hosts, no setup.";
+
+/// Deploy a git commit to a cluster of servers: build once, stage
+/// everywhere, switch all hosts together, roll back in one command.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The git repository to deploy from (a work tree or a bare repository).
+    #[arg(long, global = true, env = "SLIPWAY_REPO", default_value = ".")]
+    pub repo: PathBuf,
+
+    /// Path of the config file inside the commit.
+    #[arg(long, global = true, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+    pub config: String,
+
+    /// Print less: only results and errors.
+    #[arg(long, short, global = true, env = "SLIPWAY_QUIET")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a commit and roll it out to an environment.
+    ///
+    /// The config is read from the commit being deployed. Without --ref,
+    /// the tip of the environment's branch is deployed.
+    Deploy(deploy::DeployArgs),
+    /// Switch every host back to the release that ran before this one.
+    Rollback(deploy::RollbackArgs),
+    /// Show, per host, the live release, open/closed, and any lock or
+    /// interrupted rollout.
+    Status(inspect::EnvArgs),
+    /// List the releases on each host, newest first.
+    Releases(inspect::EnvArgs),
+    /// Build the artifact of a commit without deploying it; prints its path
+    /// and sha256.
+    Build(deploy::BuildArgs),
+    /// Validate the config file of a commit.
+    Check(inspect::CheckArgs),
+    /// Undo a rollout that was interrupted (slipway killed, host lost):
+    /// every host it touched goes back to its previous release and opens.
+    Recover(inspect::EnvArgs),
+    /// Remove an environment's lock left by a rollout that is gone.
+    Unlock(inspect::EnvArgs),
+    /// Run a full gated rollout to three local hosts, with no setup.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs slipway as a process.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let ctx = Context::new(&cli);
+    let result = runtime.block_on(run(&ctx, cli.command));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = exit_code(&e);
+            ctx.out.error(&format!("{e:#}"));
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Deploy(args) => deploy::deploy(ctx, args).await,
+        Command::Rollback(args) => deploy::rollback(ctx, args).await,
+        Command::Build(args) => deploy::build(ctx, &args),
+        Command::Status(args) => inspect::status(ctx, &args).await,
+        Command::Releases(args) => inspect::releases(ctx, &args).await,
+        Command::Check(args) => inspect::check(ctx, &args),
+        Command::Recover(args) => inspect::recover(ctx, &args).await,
+        Command::Unlock(args) => inspect::unlock(ctx, &args).await,
+        Command::Demo(args) => demo::demo(ctx, args).await,
+    }
+}
+
+/// The one place errors become exit codes.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(rollout) = e.downcast_ref::<crate::rollout::RolloutError>() {
+        return rollout.exit_code();
+    }
+    if e.downcast_ref::<crate::config::ConfigError>().is_some()
+        || e.downcast_ref::<crate::config::UnknownEnvironment>().is_some()
+    {
+        return exit::USAGE;
+    }
+    exit::FAILED
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

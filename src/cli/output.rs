@@ -1,0 +1,119 @@
+//! What a person (or a CI log) reads while slipway works.
+//!
+//! In a terminal, uploads get progress bars; anywhere else (CI, a git hook's
+//! `remote:` lines, a pipe) every update is one plain line. Progress and
+//! phases go to stderr; results a script may read (an artifact path, a
+//! release id) go to stdout.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::notify::{Event, Sink};
+
+pub struct Console {
+    quiet: bool,
+    bars: Option<MultiProgress>,
+    uploads: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Console {
+    pub fn new(quiet: bool) -> Self {
+        let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        Self {
+            quiet,
+            bars: interactive.then(MultiProgress::new),
+            uploads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A progress line.
+    pub fn info(&self, line: &str) {
+        if !self.quiet {
+            self.line(line);
+        }
+    }
+
+    /// A result; always printed, on stdout.
+    pub fn result(&self, line: &str) {
+        println!("{line}");
+    }
+
+    pub fn error(&self, message: &str) {
+        self.line(&format!("error: {message}"));
+    }
+
+    pub fn warn(&self, message: &str) {
+        self.line(&format!("warning: {message}"));
+    }
+
+    fn line(&self, line: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Sink for Console {
+    fn emit(&self, event: &Event) {
+        match event {
+            Event::Started {
+                app,
+                environment,
+                release,
+                commit,
+                deployer,
+                hosts,
+                ..
+            } => self.info(&format!(
+                "==> {app} → {environment}: release {release} (commit {}) by {deployer} on {} host(s)",
+                &commit[..commit.len().min(12)],
+                hosts.len()
+            )),
+            Event::HostPhase { host, phase, took } => {
+                if let Some(bar) = self.uploads.lock().expect("bars").remove(host) {
+                    bar.finish_and_clear();
+                }
+                self.info(&format!("  {phase:<8} {host}  ok ({:.2}s)", took.as_secs_f64()));
+            }
+            Event::HostFailed { host, phase, error } => {
+                self.line(&format!("  {phase:<8} {host}  FAILED: {error}"));
+            }
+            Event::Output { host, line } => self.info(&format!("  {host} | {line}")),
+            Event::Note { message } => self.info(&format!("  {message}")),
+            Event::Succeeded {
+                release,
+                previous,
+                closed_window,
+                duration,
+                ..
+            } => self.info(&format!(
+                "==> live: {release} on every host (was {}); closed for {:.2}s, total {:.1}s",
+                previous.as_deref().unwrap_or("nothing"),
+                closed_window.as_secs_f64(),
+                duration.as_secs_f64()
+            )),
+            Event::Failed { .. } => {}
+        }
+    }
+
+    fn progress(&self, host: &str, sent: u64, total: u64) {
+        let Some(bars) = &self.bars else { return };
+        let mut uploads = self.uploads.lock().expect("bars");
+        let bar = uploads.entry(host.to_owned()).or_insert_with(|| {
+            let bar = bars.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template("  upload   {prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(host.to_owned());
+            bar
+        });
+        bar.set_position(sent);
+    }
+}

@@ -1,0 +1,197 @@
+//! The typed shape of `slipway.toml`.
+//!
+//! These structs are what the rest of slipway sees once a file has been
+//! parsed *and* validated (see [`super::parse`]): hosts are never empty, a
+//! branch maps to at most one environment, durations are real durations.
+//! Every table refuses unknown keys so a typo is an error, not a silent no-op.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file. Not `Eq`: the opaque `notify` table may hold floats.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub app: App,
+    #[serde(default)]
+    pub build: Build,
+    #[serde(default)]
+    pub shared: Shared,
+    #[serde(default)]
+    pub environments: BTreeMap<String, Environment>,
+    /// Notifier settings; interpreted by `notify/`, kept opaque here so the
+    /// config module does not need to know every service.
+    #[serde(default)]
+    pub notify: toml::Table,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: String,
+    #[serde(default)]
+    pub artifact: ArtifactFormat,
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: usize,
+}
+
+fn default_keep_releases() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ArtifactFormat {
+    #[default]
+    #[serde(rename = "tar.gz")]
+    TarGz,
+    #[serde(rename = "deb")]
+    Deb,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    #[serde(default)]
+    pub steps: Vec<BuildStep>,
+    /// Glob patterns (gitignore-like, matched against the path relative to
+    /// the repository root) left out of the artifact.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildStep {
+    pub name: String,
+    pub run: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shared {
+    /// Directories under `shared/` symlinked into every release.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// Files under `shared/` symlinked into every release.
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    #[default]
+    Gated,
+    Rolling,
+    Canary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    pub branch: String,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `user@host[:port]`, an ssh_config alias, or `local:/abs/path`.
+    pub hosts: Vec<String>,
+    pub deploy_to: String,
+    /// Shell command run once per deploy, in the new release, on one host.
+    #[serde(default)]
+    pub deploy_hook: Option<String>,
+    /// Index into `hosts` (0-based) of the host that runs the deploy hook.
+    #[serde(default)]
+    pub hook_host: usize,
+    #[serde(default = "default_hook_timeout", with = "duration")]
+    pub hook_timeout: Duration,
+    /// How long to wait for another rollout's lock before giving up.
+    #[serde(default = "default_lock_wait", with = "duration")]
+    pub lock_wait: Duration,
+    /// How many hosts are worked on at once.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of variables taken from the deployer's environment and written
+    /// to the hosts' env file; their values are never printed.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub workers: Option<StartStop>,
+    #[serde(default)]
+    pub cron: Option<StartStop>,
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// SSH public keys allowed to log in as the deploy user.
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_lock_wait() -> Duration {
+    Duration::from_secs(0)
+}
+
+fn default_parallel() -> usize {
+    8
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartStop {
+    pub stop: String,
+    pub start: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP URL; `{host}` is replaced by the host's address.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Shell command run on each host in the new release; exit 0 is healthy.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default = "default_status")]
+    pub status: u16,
+    #[serde(default = "default_health_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+/// Durations are written the way people say them: `"30s"`, `"10m"`, `"1h 30m"`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"30s\", \"10m\" or \"1h 30m\""
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}

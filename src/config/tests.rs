@@ -1,0 +1,329 @@
+//! End-to-end tests of [`super::parse`]: line numbers and keys are asserted
+//! exactly, because pointing at the right spot is the point of this module.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+/// The reference config; line numbers below refer to it (line 1 is `[app]`).
+const VALID: &str = r#"[app]
+name = "shop"
+artifact = "tar.gz"
+keep_releases = 5
+
+[build]
+steps = [{ name = "assets", run = "make assets" }]
+exclude = ["tests/**"]
+
+[shared]
+dirs = ["public/uploads"]
+files = [".env.local"]
+
+[environments.production]
+branch = "production"
+strategy = "gated"
+hosts = ["deploy@10.0.0.1", "deploy@10.0.0.2", "local:/tmp/host3"]
+deploy_to = "/srv/shop"
+deploy_hook = "bin/migrate"
+hook_timeout = "5m"
+env = { APP_ENV = "prod" }
+secrets = ["DATABASE_URL"]
+workers = { stop = "sudo systemctl stop shop-worker", start = "sudo systemctl start shop-worker" }
+health = { url = "http://{host}/health", status = 200 }
+
+[environments.staging]
+branch = "staging"
+hosts = ["deploy@10.0.1.1"]
+deploy_to = "/srv/shop"
+
+[notify]
+slack = { webhook_env = "SLACK_WEBHOOK_URL" }
+"#;
+
+/// `VALID` with the first occurrence of `from` replaced by `to`.
+fn edited(from: &str, to: &str) -> String {
+    assert!(VALID.contains(from), "test edit `{from}` does not apply");
+    VALID.replacen(from, to, 1)
+}
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, Path::new("slipway.toml")) {
+        Ok(config) => config,
+        Err(err) => panic!("expected a valid config, got: {err}"),
+    }
+}
+
+fn parse_err(text: &str) -> ConfigError {
+    match parse(text, Path::new("slipway.toml")) {
+        Ok(config) => panic!("expected an error, got: {config:?}"),
+        Err(err) => err,
+    }
+}
+
+#[track_caller]
+fn assert_at(err: &ConfigError, line: usize, column: usize, key: &str) {
+    assert_eq!(
+        (err.line, err.column, err.key.as_str()),
+        (line, column, key),
+        "error was: {err}"
+    );
+}
+
+#[test]
+fn valid_full_config_parses() {
+    let config = parse_ok(VALID);
+    assert_eq!(config.app.name, "shop");
+    assert_eq!(config.app.keep_releases, 5);
+    assert_eq!(config.build.steps[0].run, "make assets");
+    let prod = &config.environments["production"];
+    assert_eq!(prod.hosts.len(), 3);
+    assert_eq!(prod.hook_timeout, Duration::from_secs(300));
+    assert_eq!(prod.strategy, Strategy::Gated);
+    assert_eq!(prod.health.as_ref().map(|h| h.status), Some(200));
+    let staging = &config.environments["staging"];
+    assert_eq!(staging.parallel, 8);
+    assert_eq!(staging.hook_timeout, Duration::from_secs(600));
+    assert!(config.notify.contains_key("slack"));
+}
+
+#[test]
+fn minimal_config_parses() {
+    let config = parse_ok("[app]\nname = \"x\"\n");
+    assert!(config.environments.is_empty());
+    assert_eq!(config.app.artifact, ArtifactFormat::TarGz);
+}
+
+#[test]
+fn unknown_key_names_the_key() {
+    let err = parse_err(&edited("hosts = [", "hostz = ["));
+    assert_at(&err, 17, 1, "environments.production.hostz");
+    assert!(err.message.contains("hostz"), "{}", err.message);
+}
+
+#[test]
+fn unknown_key_in_app() {
+    let err = parse_err(&edited("name = \"shop\"", "nmae = \"shop\""));
+    assert_at(&err, 2, 1, "app.nmae");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let err = parse_err(&edited("keep_releases = 5", "keep_releases = \"five\""));
+    assert_at(&err, 4, 17, "app.keep_releases");
+}
+
+#[test]
+fn wrong_type_inside_array_of_tables() {
+    let err = parse_err(&edited(
+        "{ name = \"assets\", run = \"make assets\" }",
+        "{ name = \"assets\", run = 3 }",
+    ));
+    assert_at(&err, 7, 35, "build.steps[0].run");
+}
+
+#[test]
+fn missing_required_key() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"\ndeploy_hook",
+        "deploy_hook",
+    ));
+    assert_eq!(err.key, "environments.production");
+    assert!(err.message.contains("deploy_to"), "{}", err.message);
+}
+
+#[test]
+fn bad_duration_names_the_key() {
+    let err = parse_err(&edited(
+        "hook_timeout = \"5m\"",
+        "hook_timeout = \"5 parsecs\"",
+    ));
+    assert_at(&err, 20, 16, "environments.production.hook_timeout");
+    assert!(err.message.contains("not a duration"), "{}", err.message);
+}
+
+#[test]
+fn bad_duration_in_inline_table() {
+    let err = parse_err(&edited(
+        "status = 200 }",
+        "status = 200, timeout = \"soon\" }",
+    ));
+    assert_eq!(err.key, "environments.production.health.timeout");
+    assert_eq!(err.line, 24);
+}
+
+#[test]
+fn duplicate_branch_is_reported_at_the_later_one() {
+    let err = parse_err(&edited("branch = \"staging\"", "branch = \"production\""));
+    assert_at(&err, 27, 1, "environments.staging.branch");
+    assert!(err.message.contains("`production`"), "{}", err.message);
+}
+
+#[test]
+fn duplicate_branch_uses_file_order_not_name_order() {
+    // `alpha` sorts before `production` but is written after it.
+    let text = format!(
+        "{VALID}\n[environments.alpha]\nbranch = \"production\"\nhosts = [\"a\"]\ndeploy_to = \"/srv/a\"\n"
+    );
+    let err = parse_err(&text);
+    assert_at(&err, 35, 1, "environments.alpha.branch");
+    assert!(
+        err.message.contains("environment `production`"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn empty_hosts() {
+    let err = parse_err(&edited("hosts = [\"deploy@10.0.1.1\"]", "hosts = []"));
+    assert_at(&err, 28, 1, "environments.staging.hosts");
+    assert_eq!(err.message, "an environment needs at least one host");
+}
+
+#[test]
+fn bad_host_points_at_the_element() {
+    let err = parse_err(&edited("\"deploy@10.0.0.2\"", "\"deploy@10.0.0.2:99999\""));
+    assert_at(&err, 17, 29, "environments.production.hosts[1]");
+    assert!(err.message.contains("port"), "{}", err.message);
+}
+
+#[test]
+fn duplicate_host() {
+    let err = parse_err(&edited("\"local:/tmp/host3\"", "\"deploy@10.0.0.1\""));
+    assert_at(&err, 17, 48, "environments.production.hosts[2]");
+}
+
+#[test]
+fn hook_host_out_of_range() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"\n\n",
+        "deploy_to = \"/srv/shop\"\nhook_host = 1\n\n",
+    ));
+    assert_at(&err, 30, 1, "environments.staging.hook_host");
+}
+
+#[test]
+fn env_and_secret_with_the_same_name() {
+    let err = parse_err(&edited("[\"DATABASE_URL\"]", "[\"APP_ENV\"]"));
+    assert_at(&err, 22, 12, "environments.production.secrets[0]");
+}
+
+#[test]
+fn bad_env_key() {
+    let err = parse_err(&edited("APP_ENV = ", "\"APP-ENV\" = "));
+    assert_at(&err, 21, 9, "environments.production.env.APP-ENV");
+}
+
+#[test]
+fn empty_build_run() {
+    let err = parse_err(&edited("run = \"make assets\"", "run = \" \""));
+    assert_at(&err, 7, 29, "build.steps[0].run");
+}
+
+#[test]
+fn bad_glob() {
+    let err = parse_err(&edited("\"tests/**\"", "\"tests/[\""));
+    assert_at(&err, 8, 12, "build.exclude[0]");
+}
+
+#[test]
+fn shared_path_escaping() {
+    let err = parse_err(&edited("\"public/uploads\"", "\"../uploads\""));
+    assert_at(&err, 11, 9, "shared.dirs[0]");
+}
+
+#[test]
+fn health_needs_url_or_command() {
+    let err = parse_err(&edited("url = \"http://{host}/health\", ", ""));
+    assert_at(&err, 24, 1, "environments.production.health");
+}
+
+#[test]
+fn health_url_scheme() {
+    let err = parse_err(&edited("http://{host}", "ftp://{host}"));
+    assert_at(&err, 24, 12, "environments.production.health.url");
+}
+
+#[test]
+fn bad_branch_name() {
+    let err = parse_err(&edited("branch = \"staging\"", "branch = \"stag ing\""));
+    assert_at(&err, 27, 1, "environments.staging.branch");
+}
+
+#[test]
+fn bad_environment_name() {
+    let err = parse_err(&edited("[environments.staging]", "[environments.Staging]"));
+    assert_at(&err, 26, 15, "environments.Staging");
+}
+
+#[test]
+fn deploy_to_must_be_absolute() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"",
+        "deploy_to = \"srv/shop\"",
+    ));
+    assert_at(&err, 18, 1, "environments.production.deploy_to");
+}
+
+#[test]
+fn bad_user_key() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"\n\n",
+        "deploy_to = \"/srv/shop\"\nusers = [\"ssh-ed25519 AAAA\\nssh-rsa AAAA\"]\n\n",
+    ));
+    assert_at(&err, 30, 10, "environments.staging.users[0]");
+}
+
+#[test]
+fn first_problem_in_the_file_is_reported() {
+    let text = edited("keep_releases = 5", "keep_releases = 0").replacen(
+        "hosts = [\"deploy@10.0.1.1\"]",
+        "hosts = []",
+        1,
+    );
+    let err = parse_err(&text);
+    assert_at(&err, 4, 1, "app.keep_releases");
+}
+
+#[test]
+fn syntax_error_has_position_and_nearest_key() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"",
+        "deploy_to = \"/srv/shop",
+    ));
+    assert_eq!(err.line, 18);
+    assert_eq!(err.key, "environments.production.deploy_to");
+}
+
+#[test]
+fn display_format() {
+    let err = parse_err(&edited("hosts = [\"deploy@10.0.1.1\"]", "hosts = []"));
+    assert_eq!(
+        err.to_string(),
+        "slipway.toml:28:1: `environments.staging.hosts`: an environment needs at least one host"
+    );
+}
+
+#[test]
+fn environment_for_branch_finds_the_mapping() {
+    let config = parse_ok(VALID);
+    let (name, env) = config
+        .environment_for_branch("staging")
+        .expect("staging is mapped");
+    assert_eq!(name, "staging");
+    assert_eq!(env.hosts, ["deploy@10.0.1.1"]);
+    assert!(config.environment_for_branch("main").is_none());
+}
+
+#[test]
+fn environment_lookup_lists_known_names() {
+    let config = parse_ok(VALID);
+    assert!(config.environment("production").is_ok());
+    let err = config.environment("prod").expect_err("prod is not defined");
+    assert_eq!(err.known, ["production", "staging"]);
+    assert_eq!(
+        err.to_string(),
+        "no environment `prod` in slipway.toml; defined: production, staging"
+    );
+}

@@ -1,0 +1,71 @@
+//! From a commit to an artifact: export the tree, run the build, pack.
+//!
+//! Owns the order of the build stages and nothing else. Invariants: the
+//! build runs in a fresh temporary export of the commit (never a working
+//! tree, so uncommitted files cannot leak into a release), and the artifact
+//! depends only on the commit, its config and the build's output.
+
+use std::path::Path;
+
+use crate::artifact::{self, Artifact, PackInput};
+use crate::config::Config;
+use crate::source::{Commit, Repo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
+    #[error("cannot create a temporary build directory: {0}")]
+    TempDir(#[source] std::io::Error),
+}
+
+/// What the build is for; becomes the manifest and the build's environment.
+pub struct Target<'a> {
+    pub config: &'a Config,
+    pub commit: &'a Commit,
+    pub branch: &'a str,
+    pub release_id: &'a str,
+}
+
+/// Builds the artifact for `target` into `out_dir`. `on_line` receives
+/// `(step, line)` for every line the build prints.
+///
+/// # Errors
+/// When the export, a build step or packing fails.
+pub fn build(
+    repo: &Repo,
+    target: &Target<'_>,
+    out_dir: &Path,
+    on_line: &mut dyn FnMut(&str, &str),
+) -> Result<Artifact, PipelineError> {
+    let work = tempfile::Builder::new()
+        .prefix("slipway-build-")
+        .tempdir()
+        .map_err(PipelineError::TempDir)?;
+    repo.export(&target.commit.id, work.path())?;
+    let env = vec![
+        ("SLIPWAY_APP".to_owned(), target.config.app.name.clone()),
+        ("SLIPWAY_COMMIT".to_owned(), target.commit.id.clone()),
+        ("SLIPWAY_BRANCH".to_owned(), target.branch.to_owned()),
+        ("SLIPWAY_RELEASE".to_owned(), target.release_id.to_owned()),
+        ("SOURCE_DATE_EPOCH".to_owned(), target.commit.time.to_string()),
+    ];
+    crate::build::run_steps(work.path(), &target.config.build.steps, &env, on_line)?;
+    let artifact = artifact::pack(
+        &PackInput {
+            dir: work.path(),
+            exclude: &target.config.build.exclude,
+            source_time: target.commit.time,
+            app: &target.config.app.name,
+            commit: &target.commit.id,
+            branch: target.branch,
+            release_id: target.release_id,
+        },
+        out_dir,
+    )?;
+    Ok(artifact)
+}

@@ -1,0 +1,98 @@
+//! Health checks: is a host serving the new release correctly?
+//!
+//! Checks run while the cluster is closed, so an HTTP check sends the
+//! `X-Slipway-Health` header, which the shipped nginx snippet lets through
+//! the maintenance flag. Invariant: a check is retried `retries` times, one
+//! second apart, each attempt bounded by `timeout`; it never waits longer.
+
+use std::time::Duration;
+
+use super::{Host, RolloutError};
+use crate::config::Health;
+use crate::transport::{HostSpec, TransportError};
+
+/// The header that lets a health check through a closed cluster.
+pub const BYPASS_HEADER: &str = "X-Slipway-Health";
+
+const BETWEEN_ATTEMPTS: Duration = Duration::from_secs(1);
+
+/// Checks one host; the release to check is `dir`.
+///
+/// # Errors
+/// When the last attempt still fails, with what it saw.
+pub fn check(
+    host: &Host,
+    health: &Health,
+    dir: &str,
+    env: &[(String, String)],
+) -> Result<(), RolloutError> {
+    let mut last = String::new();
+    for attempt in 0..=health.retries {
+        if attempt > 0 {
+            std::thread::sleep(BETWEEN_ATTEMPTS);
+        }
+        match attempt_once(host, health, dir, env) {
+            Ok(()) => return Ok(()),
+            Err(why) => last = why,
+        }
+    }
+    Err(TransportError::Failed {
+        host: host.name().to_owned(),
+        what: format!("the health check (after {} attempts)", health.retries + 1),
+        code: None,
+        tail: last,
+    }
+    .into())
+}
+
+fn attempt_once(
+    host: &Host,
+    health: &Health,
+    dir: &str,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    if let Some(command) = &health.command {
+        let script = host
+            .layout
+            .user_command(dir, env, command)
+            .map_err(|e| e.to_string())?;
+        host.transport
+            .run_with("health command", &script, None, Some(health.timeout))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(url) = &health.url {
+        let url = url.replace("{host}", &address(host.name()));
+        get(&url, health.status, health.timeout)?;
+    }
+    Ok(())
+}
+
+/// The address `{host}` stands for in a health URL.
+fn address(spec: &str) -> String {
+    match HostSpec::parse(spec) {
+        Ok(HostSpec::Ssh { host, .. }) => host,
+        _ => "127.0.0.1".to_owned(),
+    }
+}
+
+fn get(url: &str, want: u16, timeout: Duration) -> Result<(), String> {
+    let handle = tokio::runtime::Handle::current();
+    handle.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .get(url)
+            .header(BYPASS_HEADER, "1")
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status().as_u16();
+        if status == want {
+            Ok(())
+        } else {
+            Err(format!("GET {url} answered {status}, expected {want}"))
+        }
+    })
+}

@@ -1,0 +1,296 @@
+//! The server layout under `deploy_to`, and the scripts that change it.
+//!
+//! ```text
+//! releases/<id>/          unpacked artifact (+ .slipway.env, .slipway-artifact)
+//! releases/.<id>.staging  an unpack in progress; never a release
+//! current -> releases/<id>
+//! shared/                 persistent data, linked into every release
+//! .slipway/lock           environment lock (JSON: who, machine, pid, since)
+//! .slipway/journal.json   the rollout in flight on this host
+//! .slipway/history.jsonl  append-only record of every rollout
+//! .slipway/maintenance    present while the cluster is closed
+//! .slipway/pinned         release ids that pruning keeps
+//! ```
+//!
+//! Owns every script run on a host. Invariants: `current` only ever changes
+//! by `rename(2)` of a fresh symlink (`mv -T`), so a reader sees the old or
+//! the new release, never a missing link; a release directory appears under
+//! its final name only when fully unpacked and linked; symlinks are relative,
+//! so a deploy root can be moved (and `local:` hosts stay self-contained).
+
+use crate::transport::{Script, Unquotable};
+
+/// Exit status of the lock script when another rollout holds the lock.
+pub const LOCK_HELD: i32 = 75;
+
+/// Paths of one host's deploy root (already resolved by the transport).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    pub fn new(root: String) -> Self {
+        Self { root }
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn release(&self, id: &str) -> String {
+        format!("{}/releases/{id}", self.root)
+    }
+
+    pub fn current(&self) -> String {
+        format!("{}/current", self.root)
+    }
+
+    /// Where the artifact is uploaded before it is verified and unpacked.
+    pub fn incoming(&self, sha256: &str) -> String {
+        format!("{}/.slipway/incoming/{sha256}.tar.gz", self.root)
+    }
+
+    fn start(&self) -> Result<Script, Unquotable> {
+        Script::new().raw_with("cd", [&self.root])
+    }
+
+    /// Reads what is on the host as `key<TAB>value` lines (see
+    /// `state::HostState::parse`). An absent root reads as an empty host.
+    pub fn read_state(&self) -> Result<Script, Unquotable> {
+        Script::new()
+            .line("if [ ! -d {} ]; then exit 0; fi", [&self.root])?
+            .raw_with("cd", [&self.root])
+            .map(|s| s.raw(READ_STATE))
+    }
+
+    /// Creates the directories a deploy needs.
+    pub fn prepare(&self) -> Result<Script, Unquotable> {
+        Script::new()
+            .cmd(["mkdir", "-p", &self.root])?
+            .raw_with("cd", [&self.root])?
+            .cmd(["mkdir", "-p", "releases", "shared", ".slipway/incoming"])
+    }
+
+    /// Takes the lock atomically with `link(2)`, which fails if the lock
+    /// exists; the file appears already complete. Exits [`LOCK_HELD`] and
+    /// prints the holder when taken.
+    pub fn lock(&self, deploy_id: &str, owner_json: &str) -> Result<Script, Unquotable> {
+        let tmp = format!(".slipway/lock.{deploy_id}");
+        self.prepare()?
+            .line("printf '%s\\n' {} > {}", [owner_json, &tmp])?
+            .line(
+                "if ln {} .slipway/lock 2>/dev/null; then rm -f {}; else rm -f {}; cat .slipway/lock; exit 75; fi",
+                [&tmp, &tmp, &tmp],
+            )
+    }
+
+    /// Removes the lock if (and only if) `deploy_id` holds it.
+    pub fn unlock(&self, deploy_id: &str) -> Result<Script, Unquotable> {
+        self.start()?.line(
+            "if [ -f .slipway/lock ] && grep -qF {} .slipway/lock; then rm -f .slipway/lock; fi",
+            [deploy_id],
+        )
+    }
+
+    /// Stage a release: verify the uploaded artifact, unpack it beside the
+    /// live release, link shared paths, and write the env file from stdin.
+    /// A release already unpacked from the same bytes is reused.
+    pub fn stage(&self, stage: &Stage<'_>) -> Result<Script, Unquotable> {
+        let id = stage.release;
+        let release = format!("releases/{id}");
+        let staging = format!("releases/.{id}.staging");
+        let incoming = format!(".slipway/incoming/{}.tar.gz", stage.sha256);
+        let mismatch = format!(
+            "the uploaded artifact does not match sha256 {}; it was changed or truncated on the way",
+            stage.sha256
+        );
+        let live = format!("release {id} is live with different content; build it again or deploy another commit");
+        let mut unpack = Script::new()
+            .cmd(["rm", "-rf", &staging])?
+            .cmd(["mkdir", &staging])?
+            .cmd(["tar", "-xzf", &incoming, "-C", &staging, "--no-same-owner"])?;
+        unpack = link_shared(unpack, &staging, stage.shared_dirs, stage.shared_files)?;
+        unpack = unpack
+            .line(
+                "if [ -e {} ]; then if [ \"$(readlink current || true)\" = {} ]; then printf '%s\\n' {} >&2; exit 1; fi; rm -rf {}; fi",
+                [&release, &release, &live, &release],
+            )?
+            .line("printf '%s\\n' {} > {}/.slipway-artifact", [stage.sha256, &staging])?
+            .cmd(["mv", &staging, &release])?;
+        let body = indent(unpack.as_str());
+        let script = self
+            .start()?
+            .line(
+                "if ! printf '%s  %s\\n' {} {} | sha256sum -c --status; then printf '%s\\n' {} >&2; exit 65; fi",
+                [stage.sha256, &incoming, &mismatch],
+            )?
+            .line(
+                "if [ -f {}/.slipway-artifact ] && [ \"$(cat {}/.slipway-artifact)\" = {} ]; then echo 'already staged; reusing it'; else :",
+                [&release, &release, stage.sha256],
+            )?;
+        let mut text = script.as_str().to_owned();
+        text.push_str(&body);
+        text.push_str("fi\n");
+        Script::from_trusted(text)
+            .line(
+                "(umask 077; cat > {}/.slipway.env.new) && mv -f {}/.slipway.env.new {}/.slipway.env",
+                [&release, &release, &release],
+            )?
+            .cmd(["rm", "-f", &incoming])
+    }
+
+    /// Points `current` at `release` (or removes it, for a host that had no
+    /// release before) by renaming a new symlink over it.
+    pub fn switch(&self, release: Option<&str>, deploy_id: &str) -> Result<Script, Unquotable> {
+        let script = self.start()?;
+        match release {
+            Some(id) => {
+                let target = format!("releases/{id}");
+                let tmp = format!(".slipway/current.{deploy_id}");
+                script
+                    .line("if [ ! -d {} ]; then printf 'release %s is not on this host\\n' {} >&2; exit 1; fi", [&target, id])?
+                    .cmd(["rm", "-f", &tmp])?
+                    .cmd(["ln", "-s", &target, &tmp])?
+                    .cmd(["mv", "-T", "-f", &tmp, "current"])?
+                    .cmd(["touch", &target])
+            }
+            None => script.cmd(["rm", "-f", "current"]),
+        }
+    }
+
+    pub fn close(&self) -> Result<Script, Unquotable> {
+        Ok(self.start()?.raw("touch .slipway/maintenance"))
+    }
+
+    pub fn open(&self) -> Result<Script, Unquotable> {
+        Ok(self.start()?.raw("rm -f .slipway/maintenance"))
+    }
+
+    /// Runs a configured command (deploy hook, workers, health) in `dir`.
+    pub fn user_command(
+        &self,
+        dir: &str,
+        env: &[(String, String)],
+        command: &str,
+    ) -> Result<Script, Unquotable> {
+        Script::new().user_command(dir, env, command)
+    }
+
+    /// Runs a configured command in the live release, if there is one.
+    pub fn in_current(&self, env: &[(String, String)], command: &str) -> Result<Script, Unquotable> {
+        let current = self.current();
+        let inner = Script::new().user_command(&current, env, command)?;
+        let text = format!(
+            "set -eu\nif [ -d {} ]; then\n{}fi\n",
+            crate::transport::quote::quote(&current)?,
+            indent(inner.as_str().strip_prefix("set -eu\n").unwrap_or(inner.as_str()))
+        );
+        Ok(Script::from_trusted(text))
+    }
+
+    /// Records the phase of the rollout in flight.
+    pub fn write_journal(&self, json: &str) -> Result<Script, Unquotable> {
+        self.start()?.line(
+            "printf '%s\\n' {} > .slipway/journal.json.tmp && mv -f .slipway/journal.json.tmp .slipway/journal.json",
+            [json],
+        )
+    }
+
+    pub fn clear_journal(&self) -> Result<Script, Unquotable> {
+        Ok(self.start()?.raw("rm -f .slipway/journal.json"))
+    }
+
+    /// Appends one line to the history.
+    pub fn record(&self, json: &str) -> Result<Script, Unquotable> {
+        self.prepare()?
+            .line("printf '%s\\n' {} >> .slipway/history.jsonl", [json])
+    }
+
+    pub fn read_history(&self) -> Result<Script, Unquotable> {
+        Script::new().line(
+            "if [ -f {}/.slipway/history.jsonl ]; then cat {}/.slipway/history.jsonl; fi",
+            [&self.root, &self.root],
+        )
+    }
+
+    /// Deletes the named releases.
+    pub fn prune(&self, releases: &[String]) -> Result<Script, Unquotable> {
+        let mut argv = vec!["rm".to_owned(), "-rf".to_owned(), "--".to_owned()];
+        argv.extend(releases.iter().map(|id| format!("releases/{id}")));
+        self.start()?.cmd(argv)
+    }
+
+    /// Forcibly removes a lock left by a rollout that no longer runs.
+    pub fn break_lock(&self, deploy_id: &str) -> Result<Script, Unquotable> {
+        self.unlock(deploy_id)
+    }
+}
+
+/// What [`Layout::stage`] needs.
+pub struct Stage<'a> {
+    pub release: &'a str,
+    pub sha256: &'a str,
+    pub shared_dirs: &'a [String],
+    pub shared_files: &'a [String],
+}
+
+/// Links each shared dir and file into the release being staged, with a
+/// relative link (`../../shared/x` from `releases/<id>/x`).
+fn link_shared(
+    mut script: Script,
+    staging: &str,
+    dirs: &[String],
+    files: &[String],
+) -> Result<Script, Unquotable> {
+    for dir in dirs {
+        let shared = format!("shared/{dir}");
+        script = script.cmd(["mkdir", "-p", &shared])?;
+        script = link_one(script, staging, dir)?;
+    }
+    for file in files {
+        let shared = format!("shared/{file}");
+        let missing = format!(
+            "shared file {shared} does not exist on this host; create it once there (slipway never creates or copies it)"
+        );
+        script = script.line(
+            "if [ ! -e {} ]; then printf '%s\\n' {} >&2; exit 66; fi",
+            [&shared, &missing],
+        )?;
+        script = link_one(script, staging, file)?;
+    }
+    Ok(script)
+}
+
+fn link_one(script: Script, staging: &str, path: &str) -> Result<Script, Unquotable> {
+    let path = path.trim_matches('/');
+    let depth = path.split('/').count() + 1; // + `releases/<id>`
+    let target = format!("{}shared/{path}", "../".repeat(depth));
+    let link = format!("{staging}/{path}");
+    let parent = match path.rsplit_once('/') {
+        Some((parent, _)) => format!("{staging}/{parent}"),
+        None => staging.to_owned(),
+    };
+    script
+        .cmd(["rm", "-rf", &link])?
+        .cmd(["mkdir", "-p", &parent])?
+        .cmd(["ln", "-s", &target, &link])
+}
+
+fn indent(text: &str) -> String {
+    text.strip_prefix("set -eu\n")
+        .unwrap_or(text)
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+/// Prints the host's state. Release ids are slipway's own (`[0-9A-Za-z-]`),
+/// so `ls` output is safe to read line by line.
+const READ_STATE: &str = r#"printf 'root\t1\n'
+if [ -L current ]; then printf 'current\t%s\n' "$(readlink current)"; fi
+if [ -e .slipway/maintenance ]; then printf 'closed\t1\n'; fi
+if [ -f .slipway/lock ]; then printf 'lock\t%s\n' "$(tr -d '\n' < .slipway/lock)"; fi
+if [ -f .slipway/journal.json ]; then printf 'journal\t%s\n' "$(tr -d '\n' < .slipway/journal.json)"; fi
+if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
+if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#;

@@ -1,0 +1,191 @@
+//! What slipway records on each host, as plain serialisable data.
+//!
+//! Owns the formats of the lock, the journal and the history line, and the
+//! parsing of [`HostState`] from `Layout::read_state` output. Invariant:
+//! nothing here holds a secret; all of it may be printed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::notify::Phase;
+
+/// Who holds the environment lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub deploy_id: String,
+    pub who: String,
+    /// The machine slipway ran on (not the host locked).
+    pub machine: String,
+    pub pid: u32,
+    pub since: String,
+}
+
+impl std::fmt::Display for LockOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (rollout {}, pid {} on {}, since {})",
+            self.who, self.deploy_id, self.pid, self.machine, self.since
+        )
+    }
+}
+
+/// The rollout in flight on one host; removed when it finishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub deploy_id: String,
+    pub environment: String,
+    pub release: String,
+    /// The release this host ran before; what a recovery returns to.
+    pub previous: Option<String>,
+    pub phase: Phase,
+    pub hosts: Vec<String>,
+    pub updated: String,
+}
+
+/// One line of `.slipway/history.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub time: String,
+    pub deploy_id: String,
+    pub environment: String,
+    pub action: Action,
+    pub release: String,
+    pub previous: Option<String>,
+    pub commit: String,
+    pub sha256: String,
+    pub who: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Deploy,
+    Rollback,
+    Recover,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Success,
+    RolledBack,
+}
+
+/// A host's deploy root as read before a rollout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostState {
+    /// The deploy root exists.
+    pub exists: bool,
+    /// The release `current` points to.
+    pub current: Option<String>,
+    pub closed: bool,
+    pub lock: Option<Result<LockOwner, String>>,
+    pub journal: Option<Result<Journal, String>>,
+    pub pinned: Vec<String>,
+    /// Release ids, most recently switched to first.
+    pub releases: Vec<String>,
+}
+
+impl HostState {
+    /// Parses `key<TAB>value` lines; unknown keys are ignored so an older
+    /// slipway can read a newer layout.
+    pub fn parse(output: &str) -> Self {
+        let mut state = Self::default();
+        for line in output.lines() {
+            let Some((key, value)) = line.split_once('\t') else {
+                continue;
+            };
+            match key {
+                "root" => state.exists = true,
+                "current" => {
+                    state.current = Some(
+                        value
+                            .trim_end_matches('/')
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or(value)
+                            .to_owned(),
+                    );
+                }
+                "closed" => state.closed = true,
+                "lock" => {
+                    state.lock = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
+                }
+                "journal" => {
+                    state.journal =
+                        Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
+                }
+                "pinned" if !value.trim().is_empty() => state.pinned.push(value.trim().to_owned()),
+                "release" if !value.starts_with('.') => state.releases.push(value.to_owned()),
+                _ => {}
+            }
+        }
+        state
+    }
+}
+
+/// Which releases to delete so that `keep` remain, never deleting the
+/// current release, the rollback target or a pinned one. `releases` is
+/// newest first.
+pub fn to_prune(
+    releases: &[String],
+    keep: usize,
+    current: Option<&str>,
+    previous: Option<&str>,
+    pinned: &[String],
+) -> Vec<String> {
+    let protected = |id: &str| {
+        Some(id) == current || Some(id) == previous || pinned.iter().any(|p| p == id)
+    };
+    let mut kept = 0;
+    let mut doomed = Vec::new();
+    for id in releases {
+        if protected(id) {
+            kept += 1;
+        } else if kept < keep {
+            kept += 1;
+        } else {
+            doomed.push(id.clone());
+        }
+    }
+    doomed
+}
+
+/// The current UTC time, RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn pruning_keeps_n_and_never_the_current_previous_or_pinned() {
+        let releases = ids(&["r6", "r5", "r4", "r3", "r2", "r1"]);
+        assert_eq!(to_prune(&releases, 3, Some("r6"), Some("r5"), &[]), ids(&["r3", "r2", "r1"]));
+        // An old current (after a rollback) and its target survive pruning to 1.
+        assert_eq!(
+            to_prune(&releases, 1, Some("r2"), Some("r1"), &ids(&["r4"])),
+            ids(&["r6", "r5", "r3"])
+        );
+    }
+
+    #[test]
+    fn state_parses_and_ignores_staging_dirs() {
+        let state = HostState::parse(
+            "root\t1\ncurrent\treleases/r2\nclosed\t1\nrelease\tr2\nrelease\t.r3.staging\nrelease\tr1\nunknown\tx\n",
+        );
+        assert!(state.exists && state.closed);
+        assert_eq!(state.current.as_deref(), Some("r2"));
+        assert_eq!(state.releases, ids(&["r2", "r1"]));
+        assert_eq!(HostState::parse(""), HostState::default());
+    }
+}

@@ -1,0 +1,356 @@
+//! How slipway reaches a host: run a script, stream its output, send a file.
+//!
+//! Owns the [`Transport`] trait and the host-spec parsing that picks an
+//! implementation (`local:/path` folders now; SSH drops in beside them).
+//! Invariants: every command a transport runs is a [`Script`] built by
+//! [`quote`], so no runtime value reaches a shell unquoted; stdout and stderr
+//! arrive as one ordered stream of lines; a non-zero exit is an error that
+//! names the host, the step and the tail of the output.
+
+pub mod local;
+pub mod quote;
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use quote::{Script, Unquotable};
+
+/// How many trailing output lines an error keeps: enough to see the cause,
+/// short enough for a chat message or a CI log.
+pub const TAIL_LINES: usize = 20;
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit status; `None` when the command was killed by a signal.
+    pub code: Option<i32>,
+    /// The last [`TAIL_LINES`] lines of output.
+    pub tail: String,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("`{spec}` is not a host: {reason}")]
+    BadHost { spec: String, reason: String },
+    #[error("on {host}: cannot start `sh`: {source}")]
+    Spawn {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("on {host}: {what}: {source}")]
+    Io {
+        host: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("on {host}: {what} did not finish within {}; it was stopped", humantime::format_duration(*.after))]
+    Timeout {
+        host: String,
+        what: String,
+        after: Duration,
+    },
+    #[error("on {host}: {what} failed with {}{}", status_text(*.code), tail_text(.tail))]
+    Failed {
+        host: String,
+        what: String,
+        code: Option<i32>,
+        tail: String,
+    },
+    #[error("on {host}: {source}")]
+    Unquotable {
+        host: String,
+        #[source]
+        source: Unquotable,
+    },
+    #[error("cannot connect to {host}: {reason}")]
+    Connect { host: String, reason: String },
+}
+
+fn status_text(code: Option<i32>) -> String {
+    code.map_or_else(|| "a signal".to_owned(), |c| format!("exit status {c}"))
+}
+
+fn tail_text(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n{}", tail.trim_end())
+    }
+}
+
+/// A host slipway can run scripts on.
+///
+/// Methods block: transports may wrap blocking libraries (libssh2), so the
+/// rollout engine calls them from blocking threads, never from async tasks.
+pub trait Transport: Send + Sync {
+    /// The name used in output and errors, as written in the config.
+    fn host(&self) -> &str;
+
+    /// Maps an absolute server path (`deploy_to`) to where it lives for this
+    /// transport. SSH hosts use it as is; a `local:` host resolves it inside
+    /// its folder, so several local hosts never share files.
+    fn resolve(&self, path: &str) -> String;
+
+    /// Runs `script` with `sh`, feeding `stdin` if given, calling `on_line`
+    /// for each line of combined stdout and stderr, and killing it after
+    /// `timeout`.
+    ///
+    /// # Errors
+    /// When the script cannot be started, times out, or the connection fails.
+    /// A non-zero exit is *not* an error here; see [`Transport::run`].
+    fn exec(
+        &self,
+        script: &Script,
+        stdin: Option<&mut (dyn Read + Send)>,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError>;
+
+    /// Runs `script` as the step `what`; a non-zero exit is an error carrying
+    /// the output's tail. Returns the whole output.
+    ///
+    /// # Errors
+    /// Any [`Transport::exec`] error, or [`TransportError::Failed`].
+    fn run(&self, what: &str, script: &Script) -> Result<String, TransportError> {
+        self.run_with(what, script, None, None)
+    }
+
+    /// [`Transport::run`] with stdin and a timeout.
+    ///
+    /// # Errors
+    /// Any [`Transport::exec`] error, or [`TransportError::Failed`].
+    fn run_with(
+        &self,
+        what: &str,
+        script: &Script,
+        stdin: Option<&mut (dyn Read + Send)>,
+        timeout: Option<Duration>,
+    ) -> Result<String, TransportError> {
+        let mut output = String::new();
+        let exit = self
+            .exec(script, stdin, timeout, &mut |line| {
+                output.push_str(line);
+                output.push('\n');
+            })
+            .map_err(|e| match e {
+                TransportError::Timeout { host, after, .. } => TransportError::Timeout {
+                    host,
+                    what: what.to_owned(),
+                    after,
+                },
+                other => other,
+            })?;
+        if exit.success() {
+            Ok(output)
+        } else {
+            Err(TransportError::Failed {
+                host: self.host().to_owned(),
+                what: what.to_owned(),
+                code: exit.code,
+                tail: exit.tail,
+            })
+        }
+    }
+
+    /// Sends a local file to `remote`, atomically: it appears under its final
+    /// name only when complete. `progress` receives the bytes sent so far.
+    ///
+    /// # Errors
+    /// When the file cannot be read or the remote write fails.
+    fn upload(
+        &self,
+        local: &Path,
+        remote: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), TransportError> {
+        let file = std::fs::File::open(local).map_err(|source| TransportError::Io {
+            host: self.host().to_owned(),
+            what: format!("reading {}", local.display()),
+            source,
+        })?;
+        let partial = format!("{remote}.part");
+        let script = Script::new()
+            .raw_with("cat >", [&partial])
+            .and_then(|s| s.cmd(["mv", "-f", &partial, remote]))
+            .map_err(|source| self.unquotable(source))?;
+        let mut reader = Counting::new(file, progress);
+        self.run_with(
+            &format!("upload to {remote}"),
+            &script,
+            Some(&mut reader),
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Wraps a quoting failure with this host's name.
+    fn unquotable(&self, source: Unquotable) -> TransportError {
+        TransportError::Unquotable {
+            host: self.host().to_owned(),
+            source,
+        }
+    }
+}
+
+/// A reader that reports how many bytes have passed through it.
+pub struct Counting<'a, R> {
+    inner: R,
+    seen: u64,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<'a, R: Read> Counting<'a, R> {
+    pub fn new(inner: R, progress: &'a (dyn Fn(u64) + Sync)) -> Self {
+        Self {
+            inner,
+            seen: 0,
+            progress,
+        }
+    }
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        (self.progress)(self.seen);
+        Ok(n)
+    }
+}
+
+/// Keeps the last lines of a stream for error messages.
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: VecDeque<String>,
+}
+
+impl Tail {
+    pub fn push(&mut self, line: &str) {
+        if self.lines.len() == TAIL_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.to_owned());
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Where a host spec points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSpec {
+    /// `local:/abs/path`: a folder on this machine standing for a host's root.
+    Local(PathBuf),
+    /// `[user@]host[:port]` or an ssh_config alias.
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+    },
+}
+
+impl HostSpec {
+    /// Parses a host as written in `slipway.toml`.
+    ///
+    /// # Errors
+    /// When the spec is empty, a `local:` path is relative, or a port is not a number.
+    pub fn parse(spec: &str) -> Result<Self, TransportError> {
+        let bad = |reason: &str| TransportError::BadHost {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(path) = spec.strip_prefix("local:") {
+            let path = PathBuf::from(path);
+            return if path.is_absolute() {
+                Ok(Self::Local(path))
+            } else {
+                Err(bad("a local host needs an absolute path, e.g. local:/srv/hosts/web1"))
+            };
+        }
+        let (user, rest) = match spec.split_once('@') {
+            Some((u, r)) => (Some(u.to_owned()), r),
+            None => (None, spec),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| bad("the port must be a number from 1 to 65535"))?;
+                (h.to_owned(), Some(port))
+            }
+            _ => (rest.to_owned(), None),
+        };
+        if host.is_empty() || user.as_deref() == Some("") {
+            return Err(bad("expected [user@]host[:port], an ssh_config alias, or local:/path"));
+        }
+        Ok(Self::Ssh { user, host, port })
+    }
+}
+
+/// Opens a transport for one host.
+///
+/// # Errors
+/// When the spec is invalid or the host cannot be reached.
+pub fn connect(spec: &str) -> Result<Box<dyn Transport>, TransportError> {
+    match HostSpec::parse(spec)? {
+        HostSpec::Local(root) => Ok(Box::new(local::Local::new(spec, root))),
+        HostSpec::Ssh { .. } => Err(TransportError::Connect {
+            host: spec.to_owned(),
+            reason: "SSH hosts are not supported by this build".to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_specs_parse() {
+        assert_eq!(
+            HostSpec::parse("local:/srv/web1").unwrap(),
+            HostSpec::Local("/srv/web1".into())
+        );
+        assert_eq!(
+            HostSpec::parse("deploy@127.0.0.11:2201").unwrap(),
+            HostSpec::Ssh {
+                user: Some("deploy".into()),
+                host: "127.0.0.11".into(),
+                port: Some(2201)
+            }
+        );
+        assert_eq!(
+            HostSpec::parse("web1").unwrap(),
+            HostSpec::Ssh {
+                user: None,
+                host: "web1".into(),
+                port: None
+            }
+        );
+        assert!(HostSpec::parse("local:relative").is_err());
+        assert!(HostSpec::parse("deploy@web:notaport").is_err());
+        assert!(HostSpec::parse("@web").is_err());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let mut tail = Tail::default();
+        for i in 0..50 {
+            tail.push(&i.to_string());
+        }
+        let text = tail.text();
+        assert!(text.starts_with("30\n"));
+        assert!(text.ends_with("\n49"));
+    }
+}
