@@ -226,14 +226,14 @@ mod tests {
         let mut first_line_after = None;
         run_steps(
             dir.path(),
-            &[step("slow", "echo first; sleep 1; echo second")],
+            &[step("slow", "echo first; sleep 2; echo second")],
             &[],
             &mut |_, _| {
                 first_line_after.get_or_insert(started.elapsed());
             },
         )
         .unwrap();
-        assert!(first_line_after.unwrap() < std::time::Duration::from_millis(900));
+        assert!(first_line_after.unwrap() < std::time::Duration::from_millis(1800));
     }
 
     #[test]

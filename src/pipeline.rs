@@ -52,7 +52,10 @@ pub fn build(
         ("SLIPWAY_COMMIT".to_owned(), target.commit.id.clone()),
         ("SLIPWAY_BRANCH".to_owned(), target.branch.to_owned()),
         ("SLIPWAY_RELEASE".to_owned(), target.release_id.to_owned()),
-        ("SOURCE_DATE_EPOCH".to_owned(), target.commit.time.to_string()),
+        (
+            "SOURCE_DATE_EPOCH".to_owned(),
+            target.commit.time.to_string(),
+        ),
     ];
     crate::build::run_steps(work.path(), &target.config.build.steps, &env, on_line)?;
     let artifact = artifact::pack(

@@ -144,7 +144,10 @@ impl Plan {
             steps.push("stop workers and cron (all hosts)".to_owned());
         }
         steps.push("close: maintenance flag on (all hosts)".to_owned());
-        steps.push(format!("switch `current` to {} (all hosts)", self.release_id));
+        steps.push(format!(
+            "switch `current` to {} (all hosts)",
+            self.release_id
+        ));
         if let Some(hook) = &self.hook {
             steps.push(format!(
                 "deploy hook `{}` on {} (timeout {})",

@@ -54,7 +54,7 @@ pub struct Commit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot open a git repository at {}: {source:#}", path.display())]
+    #[error("cannot open a git repository at {}: {source}", path.display())]
     Open {
         path: PathBuf,
         #[source]
@@ -70,14 +70,14 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    #[error("`{rev}` does not name a commit in {}: {source:#}", path.display())]
+    #[error("`{rev}` does not name a commit in {}: {source}", path.display())]
     UnknownRev {
         rev: String,
         path: PathBuf,
         #[source]
         source: gix::Error,
     },
-    #[error("cannot read commit {commit} in {}: {source:#}", path.display())]
+    #[error("cannot read commit {commit} in {}: {source}", path.display())]
     Read {
         commit: String,
         path: PathBuf,
@@ -107,7 +107,7 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot list the history of `{to}` in {}: {source:#}", path.display())]
+    #[error("cannot list the history of `{to}` in {}: {source}", path.display())]
     Walk {
         to: String,
         path: PathBuf,
@@ -139,7 +139,7 @@ impl Repo {
                 let (dir, store) =
                     object_overlay(&repo, &dirs).map_err(|source| SourceError::ObjectDirs {
                         path: path.to_owned(),
-                        var: dirs.describe(),
+                        var: OBJECT_ENV_VARS,
                         source,
                     })?;
                 repo.objects = gix::parallel::OwnShared::new(store);
@@ -389,6 +389,9 @@ fn write_new_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(mode))
 }
 
+const OBJECT_ENV_VARS: &str =
+    "GIT_OBJECT_DIRECTORY, GIT_QUARANTINE_PATH, GIT_ALTERNATE_OBJECT_DIRECTORIES";
+
 /// The object directories git's environment asks us to read from, as set for
 /// hooks while a push is quarantined.
 #[derive(Debug, Default)]
@@ -415,10 +418,6 @@ impl ObjectDirs {
             dirs.alternates = split_alternates(list.as_bytes());
         }
         (!dirs.primary.is_empty() || !dirs.alternates.is_empty()).then_some(dirs)
-    }
-
-    fn describe(&self) -> &'static str {
-        "GIT_OBJECT_DIRECTORY, GIT_QUARANTINE_PATH, GIT_ALTERNATE_OBJECT_DIRECTORIES"
     }
 }
 

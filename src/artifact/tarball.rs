@@ -678,7 +678,7 @@ mod tests {
         );
         let err = pack(&input(dir.path(), &[], "../r1"), out.path()).unwrap_err();
         assert!(matches!(err, ArtifactError::BadName { .. }), "{err}");
-        let err = pack(&input(dir.path(), &[], "r1"), &dir.path().to_owned()).unwrap_err();
+        let err = pack(&input(dir.path(), &[], "r1"), dir.path()).unwrap_err();
         assert!(matches!(err, ArtifactError::OutDirInside { .. }), "{err}");
 
         symlink("/etc/passwd", dir.path().join("passwd")).unwrap();

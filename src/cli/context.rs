@@ -11,10 +11,12 @@ use super::output::Console;
 use crate::config::{self, Config, Environment};
 use crate::rollout::Cluster;
 use crate::source::{Commit, Repo};
+use crate::transport::ConnectOptions;
 
 pub struct Context {
     pub repo: PathBuf,
     pub config_path: String,
+    pub connect: ConnectOptions,
     pub out: Arc<Console>,
 }
 
@@ -31,6 +33,16 @@ impl Context {
         Self {
             repo: cli.repo.clone(),
             config_path: cli.config.clone(),
+            connect: ConnectOptions {
+                known_hosts: cli.known_hosts.clone(),
+                accept_new_host_keys: cli.accept_new_host_keys,
+                identity_files: cli.identities.clone(),
+                ssh_config: cli.ssh_config.clone(),
+                jump: cli.jump.clone(),
+                connect_timeout: cli.connect_timeout,
+                command_timeout: cli.command_timeout,
+                ..ConnectOptions::default()
+            },
             out: Arc::new(Console::new(cli.quiet)),
         }
     }
@@ -39,6 +51,7 @@ impl Context {
         Self {
             repo: repo.to_path_buf(),
             config_path: self.config_path.clone(),
+            connect: self.connect.clone(),
             out: Arc::clone(&self.out),
         }
     }
@@ -91,11 +104,12 @@ impl Context {
 
     /// Connects to every host of `env`; nothing is touched if one fails.
     pub async fn connect(&self, env: &Environment) -> anyhow::Result<Cluster> {
+        let options = self.connect.clone();
         Ok(Cluster::connect(
             &env.hosts,
             &env.deploy_to,
             env.parallel,
-            Arc::new(|spec: &str| crate::transport::connect(spec)),
+            Arc::new(move |spec: &str| crate::transport::connect(spec, &options)),
         )
         .await?)
     }
@@ -103,10 +117,17 @@ impl Context {
 
 /// Who is deploying, as recorded in history and shown in chat.
 pub fn deployer() -> String {
-    ["SLIPWAY_USER", "GL_USER", "REMOTE_USER", "GITHUB_ACTOR", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
+    [
+        "SLIPWAY_USER",
+        "GL_USER",
+        "REMOTE_USER",
+        "GITHUB_ACTOR",
+        "USER",
+        "LOGNAME",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// A unique id for one rollout: time and process, safe in file names.

@@ -25,14 +25,20 @@ pub struct DemoArgs {
 pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
     let dir = match args.dir {
         Some(d) => {
-            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
             d
         }
-        None => tempfile::Builder::new().prefix("slipway-demo-").tempdir()?.keep(),
+        None => tempfile::Builder::new()
+            .prefix("slipway-demo-")
+            .tempdir()?
+            .keep(),
     };
     let dir = dir.canonicalize()?;
     let app = dir.join("app");
-    let hosts: Vec<PathBuf> = (1..=3).map(|i| dir.join("hosts").join(format!("web{i}"))).collect();
+    let hosts: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.join("hosts").join(format!("web{i}")))
+        .collect();
     ctx.out.info(&format!("slipway demo in {}", dir.display()));
     make_app(&app, &hosts)?;
     let ctx = ctx.with_repo(&app);
@@ -44,21 +50,31 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
         wait: None,
     };
 
-    ctx.out.info("\n### 1. first deploy of the production branch");
+    ctx.out
+        .info("\n### 1. first deploy of the production branch");
     expect_ok(deploy(&ctx, deploy_args()).await?)?;
 
-    ctx.out.info("\n### 2. a second commit on production, deployed");
+    ctx.out
+        .info("\n### 2. a second commit on production, deployed");
     std::fs::write(app.join("public/index.html"), "<h1>demo, version 2</h1>\n")?;
     git(&app, &["commit", "-qam", "Say version 2"])?;
     expect_ok(deploy(&ctx, deploy_args()).await?)?;
 
     ctx.out.info("\n### 3. roll back to the first release");
     expect_ok(
-        rollback(&ctx, RollbackArgs { environment: "production".into(), to: None }).await?,
+        rollback(
+            &ctx,
+            RollbackArgs {
+                environment: "production".into(),
+                to: None,
+            },
+        )
+        .await?,
     )?;
 
     ctx.out.info("\n### where to look");
-    ctx.out.info(&format!("  the app repository:    {}", app.display()));
+    ctx.out
+        .info(&format!("  the app repository:    {}", app.display()));
     for host in &hosts {
         ctx.out.info(&format!("  a host's deploy root:  {}/srv/demo  (current, releases/, shared/, .slipway/history.jsonl)", host.display()));
     }
@@ -71,12 +87,19 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
 }
 
 fn expect_ok(code: u8) -> anyhow::Result<()> {
-    if code == exit::OK { Ok(()) } else { bail!("the demo step exited with {code}") }
+    if code == exit::OK {
+        Ok(())
+    } else {
+        bail!("the demo step exited with {code}")
+    }
 }
 
 fn make_app(app: &Path, hosts: &[PathBuf]) -> anyhow::Result<()> {
     if app.exists() {
-        bail!("{} already exists; give --dir an empty directory", app.display());
+        bail!(
+            "{} already exists; give --dir an empty directory",
+            app.display()
+        );
     }
     std::fs::create_dir_all(app.join("public"))?;
     std::fs::create_dir_all(app.join("bin"))?;
@@ -85,9 +108,15 @@ fn make_app(app: &Path, hosts: &[PathBuf]) -> anyhow::Result<()> {
         .map(|h| format!("\"local:{}\"", h.display()))
         .collect::<Vec<_>>()
         .join(", ");
-    std::fs::write(app.join("slipway.toml"), format!(include_str!("demo.toml"), hosts = host_list))?;
+    std::fs::write(
+        app.join("slipway.toml"),
+        format!(include_str!("demo.toml"), hosts = host_list),
+    )?;
     std::fs::write(app.join("public/index.html"), "<h1>demo, version 1</h1>\n")?;
-    std::fs::write(app.join("README.md"), "A sample app deployed by `slipway demo`.\n")?;
+    std::fs::write(
+        app.join("README.md"),
+        "A sample app deployed by `slipway demo`.\n",
+    )?;
     std::fs::write(
         app.join("bin/migrate"),
         "#!/bin/sh\n# Runs once per deploy, on one host only.\nset -eu\necho \"migrating for $SLIPWAY_RELEASE\"\necho \"$SLIPWAY_RELEASE\" >> ../../shared/migrations.log\n",
@@ -108,7 +137,14 @@ fn set_executable(path: &Path) -> std::io::Result<()> {
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=slipway demo", "-c", "user.email=demo@slipway.invalid", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=slipway demo",
+            "-c",
+            "user.email=demo@slipway.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .status()
         .context("the demo needs `git` on PATH")?;

@@ -63,9 +63,20 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
 }
 
 /// Deploys an already loaded commit; the hooks and the demo come here too.
-pub async fn deploy_loaded(ctx: &Context, loaded: &Loaded, args: &DeployArgs) -> anyhow::Result<u8> {
+pub async fn deploy_loaded(
+    ctx: &Context,
+    loaded: &Loaded,
+    args: &DeployArgs,
+) -> anyhow::Result<u8> {
     let env = loaded.config.environment(&args.environment)?;
-    let mut plan = plan::plan(&loaded.config, &args.environment, env, &loaded.branch, &loaded.commit, &deployer());
+    let mut plan = plan::plan(
+        &loaded.config,
+        &args.environment,
+        env,
+        &loaded.branch,
+        &loaded.commit,
+        &deployer(),
+    );
     if let Some(wait) = args.wait {
         plan.lock_wait = wait;
     }
@@ -74,7 +85,9 @@ pub async fn deploy_loaded(ctx: &Context, loaded: &Loaded, args: &DeployArgs) ->
         return Ok(exit::OK);
     }
     let secrets = resolve_secrets(&plan)?;
-    let workdir = tempfile::Builder::new().prefix("slipway-artifact-").tempdir()?;
+    let workdir = tempfile::Builder::new()
+        .prefix("slipway-artifact-")
+        .tempdir()?;
     let artifact = match &args.artifact {
         Some(path) => prebuilt(path, &plan)?,
         None => build_for(ctx, loaded, &plan.branch, &plan.release_id, workdir.path())?,
@@ -124,7 +137,13 @@ fn resolve_secrets(plan: &Plan) -> Result<Secrets, RolloutError> {
         .map(Secrets)
 }
 
-fn build_for(ctx: &Context, loaded: &Loaded, branch: &str, release_id: &str, out: &std::path::Path) -> anyhow::Result<Artifact> {
+fn build_for(
+    ctx: &Context,
+    loaded: &Loaded,
+    branch: &str,
+    release_id: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<Artifact> {
     let target = Target {
         config: &loaded.config,
         commit: &loaded.commit,
@@ -162,7 +181,11 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
     let history = manage::history(&cluster).await?;
     let (release, commit_id) = match &args.to {
         Some(id) => {
-            let commit = history.iter().rev().find(|e| &e.release == id).map(|e| e.commit.clone());
+            let commit = history
+                .iter()
+                .rev()
+                .find(|e| &e.release == id)
+                .map(|e| e.commit.clone());
             (id.clone(), commit.unwrap_or_default())
         }
         None => {
@@ -184,7 +207,14 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         subject: format!("rollback to {release}"),
         author: String::new(),
     };
-    let mut plan = plan::plan(&loaded.config, &args.environment, env, &loaded.branch, &commit, &deployer());
+    let mut plan = plan::plan(
+        &loaded.config,
+        &args.environment,
+        env,
+        &loaded.branch,
+        &commit,
+        &deployer(),
+    );
     plan.release_id = release;
     let rollout = Rollout {
         plan: Arc::new(plan),
@@ -195,7 +225,8 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
     };
     let report = gated::deploy(&cluster, &rollout).await?;
-    ctx.out.result(&format!("rolled back to {}", report.release));
+    ctx.out
+        .result(&format!("rolled back to {}", report.release));
     Ok(exit::OK)
 }
 
@@ -203,11 +234,22 @@ pub fn build(ctx: &Context, args: &BuildArgs) -> anyhow::Result<u8> {
     let repo = ctx.open_repo()?;
     let commit = repo.resolve(&args.git_ref)?;
     let config = ctx.config_at(&repo, &commit)?;
-    let branch = args.git_ref.strip_prefix("refs/heads/").unwrap_or(&args.git_ref).to_owned();
+    let branch = args
+        .git_ref
+        .strip_prefix("refs/heads/")
+        .unwrap_or(&args.git_ref)
+        .to_owned();
     let release_id = plan::release_id(&commit);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let loaded = Loaded { repo, commit, config, branch: branch.clone() };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let loaded = Loaded {
+        repo,
+        commit,
+        config,
+        branch: branch.clone(),
+    };
     let artifact = build_for(ctx, &loaded, &branch, &release_id, &args.out)?;
-    ctx.out.result(&format!("{}  {}", artifact.sha256, artifact.path.display()));
+    ctx.out
+        .result(&format!("{}  {}", artifact.sha256, artifact.path.display()));
     Ok(exit::OK)
 }

@@ -27,7 +27,8 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let env = loaded.config.environment(&args.environment)?;
     let cluster = ctx.connect(env).await?;
     let mut code = exit::OK;
-    ctx.out.result(&format!("{} ({}):", args.environment, env.deploy_to));
+    ctx.out
+        .result(&format!("{} ({}):", args.environment, env.deploy_to));
     for host in manage::status(&cluster).await {
         let line = match &host.state {
             Err(e) => {
@@ -48,7 +49,10 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
                 if let Some(journal) = &state.journal {
                     code = exit::ATTENTION;
                     parts.push(match journal {
-                        Ok(j) => format!("INTERRUPTED rollout {} at {} (run `slipway recover`)", j.deploy_id, j.phase),
+                        Ok(j) => format!(
+                            "INTERRUPTED rollout {} at {} (run `slipway recover`)",
+                            j.deploy_id, j.phase
+                        ),
                         Err(_) => "INTERRUPTED rollout (unreadable journal)".to_owned(),
                     });
                 }
@@ -75,7 +79,11 @@ pub async fn releases(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
             if state.pinned.contains(id) {
                 marks.push("pinned");
             }
-            let marks = if marks.is_empty() { String::new() } else { format!("  ({})", marks.join(", ")) };
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", marks.join(", "))
+            };
             ctx.out.result(&format!("  {id}{marks}"));
         }
     }
@@ -91,7 +99,12 @@ pub fn check(ctx: &Context, args: &CheckArgs) -> anyhow::Result<u8> {
         commit.short,
         ctx.config_path,
         config.app.name,
-        config.environments.keys().cloned().collect::<Vec<_>>().join(", ")
+        config
+            .environments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     Ok(exit::OK)
 }
@@ -100,9 +113,11 @@ pub async fn recover(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
     let cluster = ctx.connect(env).await?;
-    let changed = manage::recover(&cluster, &deployer(), Arc::clone(&ctx.out) as Arc<dyn Sink>).await?;
+    let changed =
+        manage::recover(&cluster, &deployer(), Arc::clone(&ctx.out) as Arc<dyn Sink>).await?;
     if changed.is_empty() {
-        ctx.out.result("nothing to recover: no host has an interrupted rollout");
+        ctx.out
+            .result("nothing to recover: no host has an interrupted rollout");
     } else {
         ctx.out.result(&format!("recovered {}", changed.join(", ")));
     }
@@ -115,9 +130,13 @@ pub async fn unlock(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let cluster = ctx.connect(env).await?;
     let removed = manage::unlock(&cluster).await?;
     if removed.is_empty() {
-        ctx.out.result(&format!("{} was not locked", args.environment));
+        ctx.out
+            .result(&format!("{} was not locked", args.environment));
     } else {
-        ctx.out.result(&format!("removed the lock of rollout {}", removed.join(", ")));
+        ctx.out.result(&format!(
+            "removed the lock of rollout {}",
+            removed.join(", ")
+        ));
     }
     Ok(exit::OK)
 }

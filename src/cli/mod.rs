@@ -6,8 +6,8 @@
 //! `anyhow`; library errors stay typed below it.
 
 mod context;
-mod deploy;
 mod demo;
+mod deploy;
 mod inspect;
 mod output;
 
@@ -52,8 +52,50 @@ pub struct Cli {
     pub repo: PathBuf,
 
     /// Path of the config file inside the commit.
-    #[arg(long, global = true, env = "SLIPWAY_CONFIG", default_value = "slipway.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_CONFIG",
+        default_value = "slipway.toml"
+    )]
     pub config: String,
+
+    /// known_hosts file for verifying SSH host keys [default: ~/.ssh/known_hosts].
+    #[arg(long, global = true, env = "SLIPWAY_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Learn the host keys of SSH hosts not yet in known_hosts. A changed
+    /// key is still refused; nothing ever turns checking off.
+    #[arg(long, global = true, env = "SLIPWAY_ACCEPT_NEW_HOST_KEYS")]
+    pub accept_new_host_keys: bool,
+
+    /// SSH identity file, tried after ssh-agent (repeatable).
+    #[arg(
+        long = "identity",
+        short = 'i',
+        global = true,
+        env = "SLIPWAY_IDENTITY",
+        value_delimiter = ','
+    )]
+    pub identities: Vec<PathBuf>,
+
+    /// ssh_config file for Host aliases, HostName, User, Port, IdentityFile
+    /// and ProxyJump [default: ~/.ssh/config].
+    #[arg(long, global = true, env = "SLIPWAY_SSH_CONFIG")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// Reach every host through this jump host ([user@]host[:port] or alias).
+    #[arg(long, global = true, env = "SLIPWAY_JUMP")]
+    pub jump: Option<String>,
+
+    /// How long to wait for an SSH connection (e.g. "10s").
+    #[arg(long, global = true, env = "SLIPWAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+
+    /// Upper bound for any one remote command, except the deploy hook,
+    /// which has its own `hook_timeout` (e.g. "10m").
+    #[arg(long, global = true, env = "SLIPWAY_COMMAND_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub command_timeout: Option<std::time::Duration>,
 
     /// Print less: only results and errors.
     #[arg(long, short, global = true, env = "SLIPWAY_QUIET")]
@@ -134,7 +176,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         return rollout.exit_code();
     }
     if e.downcast_ref::<crate::config::ConfigError>().is_some()
-        || e.downcast_ref::<crate::config::UnknownEnvironment>().is_some()
+        || e.downcast_ref::<crate::config::UnknownEnvironment>()
+            .is_some()
     {
         return exit::USAGE;
     }

@@ -108,8 +108,10 @@ impl Sink for Console {
         let bar = uploads.entry(host.to_owned()).or_insert_with(|| {
             let bar = bars.add(ProgressBar::new(total));
             bar.set_style(
-                ProgressStyle::with_template("  upload   {prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "  upload   {prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.set_prefix(host.to_owned());
             bar

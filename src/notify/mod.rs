@@ -141,7 +141,10 @@ impl Recorder {
 
 impl Sink for Recorder {
     fn emit(&self, event: &Event) {
-        self.events.lock().expect("recorder lock").push(event.clone());
+        self.events
+            .lock()
+            .expect("recorder lock")
+            .push(event.clone());
     }
 }
 

@@ -100,7 +100,14 @@ pub async fn deploy(cluster: &Cluster, r: &Rollout) -> Result<Report, RolloutErr
     });
     let me = lock::owner(&r.deploy_id, &r.plan.deployer);
     timed_all(cluster, r, Phase::Lock, async {
-        lock::acquire(cluster, &r.plan.environment, &me, r.plan.lock_wait, r.sink.as_ref()).await
+        lock::acquire(
+            cluster,
+            &r.plan.environment,
+            &me,
+            r.plan.lock_wait,
+            r.sink.as_ref(),
+        )
+        .await
     })
     .await?;
     let result = locked(cluster, r, started).await;
@@ -218,7 +225,11 @@ async fn stage(
     let failed: Vec<(String, String)> = results
         .iter()
         .zip(&cluster.hosts)
-        .filter_map(|(res, host)| res.as_ref().err().map(|e| (host.name().to_owned(), e.to_string())))
+        .filter_map(|(res, host)| {
+            res.as_ref()
+                .err()
+                .map(|e| (host.name().to_owned(), e.to_string()))
+        })
         .collect();
     if failed.is_empty() {
         return Ok(());
@@ -235,7 +246,11 @@ async fn stage(
 }
 
 /// Instead of staging (rollback): the release must be on every host.
-fn require_release(cluster: &Cluster, states: &[HostState], release: &str) -> Result<(), RolloutError> {
+fn require_release(
+    cluster: &Cluster,
+    states: &[HostState],
+    release: &str,
+) -> Result<(), RolloutError> {
     for (host, state) in cluster.hosts.iter().zip(states) {
         if !state.releases.iter().any(|r| r == release) {
             return Err(RolloutError::NoRollbackTarget {
@@ -262,7 +277,12 @@ async fn switch_over(
         phase_all(cluster, r, previous, Phase::Stop, move |_, host| {
             let mut script = Script::new();
             for cmd in [&plan.workers, &plan.cron].into_iter().flatten() {
-                script = script.then(&host.layout.in_current(&env, &cmd.stop).map_err(|e| host.unquotable(e))?);
+                script = script.then(
+                    &host
+                        .layout
+                        .in_current(&env, &cmd.stop)
+                        .map_err(|e| host.unquotable(e))?,
+                );
             }
             Ok(script)
         })
@@ -276,7 +296,9 @@ async fn switch_over(
 
     let release = plan.release_id.clone();
     phase_all(cluster, r, previous, Phase::Switch, move |_, host| {
-        host.layout.switch(Some(&release), &id).map_err(|e| host.unquotable(e))
+        host.layout
+            .switch(Some(&release), &id)
+            .map_err(|e| host.unquotable(e))
     })
     .await?;
 
@@ -302,8 +324,18 @@ async fn run_hook(
         .iter()
         .find(|h| h.name() == hook.host)
         .cloned()
-        .ok_or_else(|| (Phase::Hook, format!("the hook host {} is not in the cluster", hook.host)))?;
-    let (env, sink, command, timeout) = (Arc::clone(env), Arc::clone(&r.sink), hook.command.clone(), hook.timeout);
+        .ok_or_else(|| {
+            (
+                Phase::Hook,
+                format!("the hook host {} is not in the cluster", hook.host),
+            )
+        })?;
+    let (env, sink, command, timeout) = (
+        Arc::clone(env),
+        Arc::clone(&r.sink),
+        hook.command.clone(),
+        hook.timeout,
+    );
     let release = r.plan.release_id.clone();
     let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
@@ -313,35 +345,54 @@ async fn run_hook(
             .user_command(&dir, &env, &command)
             .map_err(|e| host.unquotable(e))?;
         let name = host.name().to_owned();
-        let exit = host.transport.exec(&script, None, Some(timeout), &mut |line| {
-            sink.emit(&Event::Output { host: name.clone(), line: line.to_owned() });
-        });
+        let exit = host
+            .transport
+            .exec(&script, None, Some(timeout), &mut |line| {
+                sink.emit(&Event::Output {
+                    host: name.clone(),
+                    line: line.to_owned(),
+                });
+            });
         let exit = exit.map_err(|e| match e {
             crate::transport::TransportError::Timeout { host, after, .. } => {
-                crate::transport::TransportError::Timeout { host, what: format!("the deploy hook `{command}`"), after }
+                crate::transport::TransportError::Timeout {
+                    host,
+                    what: format!("the deploy hook `{command}`"),
+                    after,
+                }
             }
             other => other,
         })?;
         if exit.success() {
             Ok(())
         } else {
-            Err(RolloutError::from(crate::transport::TransportError::Failed {
-                host: name,
-                what: format!("the deploy hook `{command}`"),
-                code: exit.code,
-                tail: exit.tail,
-            }))
+            Err(RolloutError::from(
+                crate::transport::TransportError::Failed {
+                    host: name,
+                    what: format!("the deploy hook `{command}`"),
+                    code: exit.code,
+                    tail: exit.tail,
+                },
+            ))
         }
     })
     .await
     .unwrap_or_else(|_| Err(super::Panicked.into()));
     match result {
         Ok(()) => {
-            r.sink.emit(&Event::HostPhase { host: hook.host.clone(), phase: Phase::Hook, took: started.elapsed() });
+            r.sink.emit(&Event::HostPhase {
+                host: hook.host.clone(),
+                phase: Phase::Hook,
+                took: started.elapsed(),
+            });
             Ok(())
         }
         Err(e) => {
-            r.sink.emit(&Event::HostFailed { host: hook.host.clone(), phase: Phase::Hook, error: e.to_string() });
+            r.sink.emit(&Event::HostFailed {
+                host: hook.host.clone(),
+                phase: Phase::Hook,
+                error: e.to_string(),
+            });
             Err((Phase::Hook, e.to_string()))
         }
     }
@@ -383,12 +434,20 @@ async fn open(
         let plan = Arc::clone(&plan);
         let results = each_timed(cluster, &r.sink, Phase::Start, move |_, host| {
             for cmd in [&plan.workers, &plan.cron].into_iter().flatten() {
-                host.run("starting background work", host.layout.in_current(&env, &cmd.start))?;
+                host.run(
+                    "starting background work",
+                    host.layout.in_current(&env, &cmd.start),
+                )?;
             }
             Ok(())
         })
         .await;
-        warnings.extend(results.into_iter().filter_map(Result::err).map(|e| e.to_string()));
+        warnings.extend(
+            results
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|e| e.to_string()),
+        );
     }
     let entries = history(r, previous, r.action, Outcome::Success);
     let plan = Arc::clone(&r.plan);
@@ -396,18 +455,43 @@ async fn open(
     let previous = Arc::clone(previous);
     let results = each_timed(cluster, &r.sink, Phase::Record, move |i, host| {
         let mut releases = vec![plan.release_id.clone()];
-        releases.extend(states[i].releases.iter().filter(|id| **id != plan.release_id).cloned());
-        let doomed = to_prune(&releases, plan.keep_releases, Some(&plan.release_id), previous[i].as_deref(), &states[i].pinned);
-        let mut script = host.layout.record(&entries[i]).map_err(|e| host.unquotable(e))?;
+        releases.extend(
+            states[i]
+                .releases
+                .iter()
+                .filter(|id| **id != plan.release_id)
+                .cloned(),
+        );
+        let doomed = to_prune(
+            &releases,
+            plan.keep_releases,
+            Some(&plan.release_id),
+            previous[i].as_deref(),
+            &states[i].pinned,
+        );
+        let mut script = host
+            .layout
+            .record(&entries[i])
+            .map_err(|e| host.unquotable(e))?;
         if !doomed.is_empty() {
             script = script.then(&host.layout.prune(&doomed).map_err(|e| host.unquotable(e))?);
         }
-        script = script.then(&host.layout.clear_journal().map_err(|e| host.unquotable(e))?);
+        script = script.then(
+            &host
+                .layout
+                .clear_journal()
+                .map_err(|e| host.unquotable(e))?,
+        );
         host.transport.run("recording and pruning", &script)?;
         Ok(())
     })
     .await;
-    warnings.extend(results.into_iter().filter_map(Result::err).map(|e| e.to_string()));
+    warnings.extend(
+        results
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| e.to_string()),
+    );
     warnings
 }
 
@@ -441,10 +525,16 @@ async fn roll_back(
         .map(|(_, h)| h.name().to_owned())
         .collect();
     if r.plan.workers.is_some() || r.plan.cron.is_some() {
-        let (plan, env) = (Arc::clone(&r.plan), Arc::new(hook_env(&r.plan, &r.deploy_id)));
+        let (plan, env) = (
+            Arc::clone(&r.plan),
+            Arc::new(hook_env(&r.plan, &r.deploy_id)),
+        );
         let _ = each_timed(cluster, &r.sink, Phase::Start, move |_, host| {
             for cmd in [&plan.workers, &plan.cron].into_iter().flatten() {
-                host.run("starting background work", host.layout.in_current(&env, &cmd.start))?;
+                host.run(
+                    "starting background work",
+                    host.layout.in_current(&env, &cmd.start),
+                )?;
             }
             Ok(())
         })
@@ -470,10 +560,18 @@ async fn phase_all<F>(
 where
     F: Fn(usize, &Host) -> Result<Script, RolloutError> + Send + Sync + 'static,
 {
-    let (plan, id, prev) = (Arc::clone(&r.plan), r.deploy_id.clone(), Arc::clone(previous));
+    let (plan, id, prev) = (
+        Arc::clone(&r.plan),
+        r.deploy_id.clone(),
+        Arc::clone(previous),
+    );
     let results = each_timed(cluster, &r.sink, phase, move |i, host| {
         let journal = journal(&plan, &id, prev[i].clone(), phase);
-        let script = join(host, Ok(script(i, host)?), host.layout.write_journal(&journal))?;
+        let script = join(
+            host,
+            Ok(script(i, host)?),
+            host.layout.write_journal(&journal),
+        )?;
         host.transport.run(phase.as_str(), &script)?;
         Ok(())
     })
@@ -491,7 +589,11 @@ fn first_failure<T>(
         .zip(&cluster.hosts)
         .filter_map(|(res, _)| res.as_ref().err().map(ToString::to_string))
         .collect();
-    if errors.is_empty() { Ok(()) } else { Err((phase, errors.join("\n"))) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err((phase, errors.join("\n")))
+    }
 }
 
 /// Runs `f` on every host and emits a phase event per host.
@@ -505,7 +607,8 @@ where
     T: Send + 'static,
     F: Fn(usize, &Host) -> Result<T, RolloutError> + Send + Sync + 'static,
 {
-    let index: Arc<Vec<String>> = Arc::new(cluster.hosts.iter().map(|h| h.name().to_owned()).collect());
+    let index: Arc<Vec<String>> =
+        Arc::new(cluster.hosts.iter().map(|h| h.name().to_owned()).collect());
     let sink = Arc::clone(sink);
     cluster
         .each(move |host| {
@@ -513,8 +616,16 @@ where
             let started = Instant::now();
             let result = f(i, host);
             match &result {
-                Ok(_) => sink.emit(&Event::HostPhase { host: host.name().to_owned(), phase, took: started.elapsed() }),
-                Err(e) => sink.emit(&Event::HostFailed { host: host.name().to_owned(), phase, error: e.to_string() }),
+                Ok(_) => sink.emit(&Event::HostPhase {
+                    host: host.name().to_owned(),
+                    phase,
+                    took: started.elapsed(),
+                }),
+                Err(e) => sink.emit(&Event::HostFailed {
+                    host: host.name().to_owned(),
+                    phase,
+                    error: e.to_string(),
+                }),
             }
             result
         })
@@ -532,8 +643,16 @@ async fn timed_all<T>(
     let result = fut.await;
     for host in &cluster.hosts {
         match &result {
-            Ok(_) => r.sink.emit(&Event::HostPhase { host: host.name().to_owned(), phase, took: started.elapsed() }),
-            Err(e) => r.sink.emit(&Event::HostFailed { host: host.name().to_owned(), phase, error: e.to_string() }),
+            Ok(_) => r.sink.emit(&Event::HostPhase {
+                host: host.name().to_owned(),
+                phase,
+                took: started.elapsed(),
+            }),
+            Err(e) => r.sink.emit(&Event::HostFailed {
+                host: host.name().to_owned(),
+                phase,
+                error: e.to_string(),
+            }),
         }
     }
     result
@@ -544,7 +663,10 @@ fn join(
     a: Result<Script, crate::transport::Unquotable>,
     b: Result<Script, crate::transport::Unquotable>,
 ) -> Result<Script, RolloutError> {
-    let (a, b) = (a.map_err(|e| host.unquotable(e))?, b.map_err(|e| host.unquotable(e))?);
+    let (a, b) = (
+        a.map_err(|e| host.unquotable(e))?,
+        b.map_err(|e| host.unquotable(e))?,
+    );
     Ok(a.then(&b))
 }
 
@@ -561,7 +683,12 @@ fn journal(plan: &Plan, deploy_id: &str, previous: Option<String>, phase: Phase)
     .expect("journal serialises")
 }
 
-fn history(r: &Rollout, previous: &[Option<String>], action: Action, outcome: Outcome) -> Arc<Vec<String>> {
+fn history(
+    r: &Rollout,
+    previous: &[Option<String>],
+    action: Action,
+    outcome: Outcome,
+) -> Arc<Vec<String>> {
     Arc::new(
         previous
             .iter()
@@ -574,7 +701,11 @@ fn history(r: &Rollout, previous: &[Option<String>], action: Action, outcome: Ou
                     release: r.plan.release_id.clone(),
                     previous: prev.clone(),
                     commit: r.plan.commit.id.clone(),
-                    sha256: r.artifact.as_ref().map(|a| a.sha256.clone()).unwrap_or_default(),
+                    sha256: r
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.sha256.clone())
+                        .unwrap_or_default(),
                     who: r.plan.deployer.clone(),
                     outcome,
                 })

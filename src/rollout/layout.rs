@@ -105,7 +105,9 @@ impl Layout {
             "the uploaded artifact does not match sha256 {}; it was changed or truncated on the way",
             stage.sha256
         );
-        let live = format!("release {id} is live with different content; build it again or deploy another commit");
+        let live = format!(
+            "release {id} is live with different content; build it again or deploy another commit"
+        );
         let mut unpack = Script::new()
             .cmd(["rm", "-rf", &staging])?
             .cmd(["mkdir", &staging])?
@@ -178,13 +180,22 @@ impl Layout {
     }
 
     /// Runs a configured command in the live release, if there is one.
-    pub fn in_current(&self, env: &[(String, String)], command: &str) -> Result<Script, Unquotable> {
+    pub fn in_current(
+        &self,
+        env: &[(String, String)],
+        command: &str,
+    ) -> Result<Script, Unquotable> {
         let current = self.current();
         let inner = Script::new().user_command(&current, env, command)?;
         let text = format!(
             "set -eu\nif [ -d {} ]; then\n{}fi\n",
             crate::transport::quote::quote(&current)?,
-            indent(inner.as_str().strip_prefix("set -eu\n").unwrap_or(inner.as_str()))
+            indent(
+                inner
+                    .as_str()
+                    .strip_prefix("set -eu\n")
+                    .unwrap_or(inner.as_str())
+            )
         );
         Ok(Script::from_trusted(text))
     }

@@ -64,7 +64,9 @@ pub async fn acquire(
                     && is_stale(h)
                 {
                     sink.emit(&Event::Note {
-                        message: format!("breaking the stale lock of {h} on {host}: its process is gone"),
+                        message: format!(
+                            "breaking the stale lock of {h} on {host}: its process is gone"
+                        ),
                     });
                     break_lock(cluster, &h.deploy_id).await?;
                     continue;
@@ -153,7 +155,10 @@ async fn release(hosts: &[super::Host], deploy_id: &str) {
 pub async fn unlock(cluster: &Cluster, deploy_id: &str) -> Vec<RolloutError> {
     let id = deploy_id.to_owned();
     cluster
-        .each(move |host| host.run("releasing the lock", host.layout.unlock(&id)).map(drop))
+        .each(move |host| {
+            host.run("releasing the lock", host.layout.unlock(&id))
+                .map(drop)
+        })
         .await
         .into_iter()
         .filter_map(Result::err)

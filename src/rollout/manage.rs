@@ -46,9 +46,11 @@ pub async fn history(cluster: &Cluster) -> Result<Vec<HistoryEntry>, RolloutErro
     let Some(host) = cluster.hosts.first().cloned() else {
         return Ok(Vec::new());
     };
-    let out = tokio::task::spawn_blocking(move || host.run("reading history", host.layout.read_history()))
-        .await
-        .map_err(|_| RolloutError::from(super::Panicked))??;
+    let out = tokio::task::spawn_blocking(move || {
+        host.run("reading history", host.layout.read_history())
+    })
+    .await
+    .map_err(|_| RolloutError::from(super::Panicked))??;
     Ok(out
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -82,7 +84,11 @@ pub fn rollback_target(history: &[HistoryEntry], current: Option<&str>) -> Optio
 ///
 /// # Errors
 /// The hosts that could not be recovered (still unreachable).
-pub async fn recover(cluster: &Cluster, who: &str, sink: Arc<dyn Sink>) -> Result<Vec<String>, RolloutError> {
+pub async fn recover(
+    cluster: &Cluster,
+    who: &str,
+    sink: Arc<dyn Sink>,
+) -> Result<Vec<String>, RolloutError> {
     let states = cluster.read_state().await?;
     let journals: Arc<Vec<Option<Journal>>> = Arc::new(
         states
@@ -91,13 +97,16 @@ pub async fn recover(cluster: &Cluster, who: &str, sink: Arc<dyn Sink>) -> Resul
             .collect(),
     );
     let who = who.to_owned();
-    let hosts: Arc<Vec<String>> = Arc::new(cluster.hosts.iter().map(|h| h.name().to_owned()).collect());
+    let hosts: Arc<Vec<String>> =
+        Arc::new(cluster.hosts.iter().map(|h| h.name().to_owned()).collect());
     let js = Arc::clone(&journals);
     let sink2 = Arc::clone(&sink);
     let results = cluster
         .each(move |host| {
             let i = hosts.iter().position(|n| n == host.name()).unwrap_or(0);
-            let Some(journal) = &js[i] else { return Ok(None) };
+            let Some(journal) = &js[i] else {
+                return Ok(None);
+            };
             let entry = serde_json::to_string(&HistoryEntry {
                 time: now(),
                 deploy_id: journal.deploy_id.clone(),
@@ -163,7 +172,12 @@ pub async fn unlock(cluster: &Cluster) -> Result<Vec<String>, RolloutError> {
 mod tests {
     use super::*;
 
-    fn entry(release: &str, previous: Option<&str>, action: Action, outcome: Outcome) -> HistoryEntry {
+    fn entry(
+        release: &str,
+        previous: Option<&str>,
+        action: Action,
+        outcome: Outcome,
+    ) -> HistoryEntry {
         HistoryEntry {
             time: String::new(),
             deploy_id: String::new(),

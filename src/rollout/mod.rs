@@ -129,7 +129,10 @@ where
         let f = Arc::clone(&f);
         let limit = Arc::clone(&limit);
         tasks.push(tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("semaphore is never closed");
+            let _permit = limit
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
             tokio::task::spawn_blocking(move || f(&item)).await
         }));
     }
@@ -169,13 +172,17 @@ pub enum RolloutError {
     Unreachable(#[source] TransportError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{environment} is locked by {owner} on {host}; wait for that rollout, or if it is dead run `slipway unlock {environment}`")]
+    #[error(
+        "{environment} is locked by {owner} on {host}; wait for that rollout, or if it is dead run `slipway unlock {environment}`"
+    )]
     Locked {
         environment: String,
         host: String,
         owner: String,
     },
-    #[error("an interrupted rollout ({deploy_id}, phase {phase}) is recorded on {host}; run `slipway recover {environment}` to finish undoing it")]
+    #[error(
+        "an interrupted rollout ({deploy_id}, phase {phase}) is recorded on {host}; run `slipway recover {environment}` to finish undoing it"
+    )]
     Interrupted {
         environment: String,
         host: String,
@@ -195,11 +202,15 @@ pub enum RolloutError {
         restored_to: Option<String>,
         unreachable: Vec<String>,
     },
-    #[error("the secret `{0}` is not set in this environment; set it where slipway runs (it is never read from the repository)")]
+    #[error(
+        "the secret `{0}` is not set in this environment; set it where slipway runs (it is never read from the repository)"
+    )]
     MissingSecret(String),
     #[error("no release to roll back to on {host}: {reason}")]
     NoRollbackTarget { host: String, reason: String },
-    #[error("the {0} strategy is not available in this version of slipway; use strategy = \"gated\"")]
+    #[error(
+        "the {0} strategy is not available in this version of slipway; use strategy = \"gated\""
+    )]
     UnsupportedStrategy(String),
 }
 

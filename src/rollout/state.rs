@@ -113,8 +113,7 @@ impl HostState {
                     state.lock = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
                 }
                 "journal" => {
-                    state.journal =
-                        Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
+                    state.journal = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
                 }
                 "pinned" if !value.trim().is_empty() => state.pinned.push(value.trim().to_owned()),
                 "release" if !value.starts_with('.') => state.releases.push(value.to_owned()),
@@ -135,9 +134,8 @@ pub fn to_prune(
     previous: Option<&str>,
     pinned: &[String],
 ) -> Vec<String> {
-    let protected = |id: &str| {
-        Some(id) == current || Some(id) == previous || pinned.iter().any(|p| p == id)
-    };
+    let protected =
+        |id: &str| Some(id) == current || Some(id) == previous || pinned.iter().any(|p| p == id);
     let mut kept = 0;
     let mut doomed = Vec::new();
     for id in releases {
@@ -170,7 +168,10 @@ mod tests {
     #[test]
     fn pruning_keeps_n_and_never_the_current_previous_or_pinned() {
         let releases = ids(&["r6", "r5", "r4", "r3", "r2", "r1"]);
-        assert_eq!(to_prune(&releases, 3, Some("r6"), Some("r5"), &[]), ids(&["r3", "r2", "r1"]));
+        assert_eq!(
+            to_prune(&releases, 3, Some("r6"), Some("r5"), &[]),
+            ids(&["r3", "r2", "r1"])
+        );
         // An old current (after a rollback) and its target survive pruning to 1.
         assert_eq!(
             to_prune(&releases, 1, Some("r2"), Some("r1"), &ids(&["r4"])),

@@ -84,7 +84,11 @@ impl Transport for Local {
             .arg("-c")
             // One ordered stream: stderr joins stdout inside the shell.
             .arg(format!("exec 2>&1\n{script}"))
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)

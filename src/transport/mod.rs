@@ -243,7 +243,11 @@ impl Tail {
     }
 
     pub fn text(&self) -> String {
-        self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -275,7 +279,9 @@ impl HostSpec {
             return if path.is_absolute() {
                 Ok(Self::Local(path))
             } else {
-                Err(bad("a local host needs an absolute path, e.g. local:/srv/hosts/web1"))
+                Err(bad(
+                    "a local host needs an absolute path, e.g. local:/srv/hosts/web1",
+                ))
             };
         }
         let (user, rest) = match spec.split_once('@') {
@@ -292,9 +298,46 @@ impl HostSpec {
             _ => (rest.to_owned(), None),
         };
         if host.is_empty() || user.as_deref() == Some("") {
-            return Err(bad("expected [user@]host[:port], an ssh_config alias, or local:/path"));
+            return Err(bad(
+                "expected [user@]host[:port], an ssh_config alias, or local:/path",
+            ));
         }
         Ok(Self::Ssh { user, host, port })
+    }
+}
+
+/// How SSH hosts are reached and verified. Local hosts ignore it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// known_hosts file to verify host keys against (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+    /// Learn the keys of hosts not yet in known_hosts (never accepts a changed key).
+    pub accept_new_host_keys: bool,
+    /// Identity files tried after the agent (default: `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`).
+    pub identity_files: Vec<PathBuf>,
+    /// ssh_config file (default `~/.ssh/config`, if it exists).
+    pub ssh_config: Option<PathBuf>,
+    /// Jump host for every host, as `[user@]host[:port]` or an ssh_config alias.
+    pub jump: Option<String>,
+    pub connect_timeout: Duration,
+    /// Keepalive interval; a host that stops answering fails after a few.
+    pub keepalive: Duration,
+    /// Upper bound for any one remote command (hooks have their own timeout).
+    pub command_timeout: Option<Duration>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            known_hosts: None,
+            accept_new_host_keys: false,
+            identity_files: Vec::new(),
+            ssh_config: None,
+            jump: None,
+            connect_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(5),
+            command_timeout: None,
+        }
     }
 }
 
@@ -302,7 +345,8 @@ impl HostSpec {
 ///
 /// # Errors
 /// When the spec is invalid or the host cannot be reached.
-pub fn connect(spec: &str) -> Result<Box<dyn Transport>, TransportError> {
+pub fn connect(spec: &str, options: &ConnectOptions) -> Result<Box<dyn Transport>, TransportError> {
+    let _ = options;
     match HostSpec::parse(spec)? {
         HostSpec::Local(root) => Ok(Box::new(local::Local::new(spec, root))),
         HostSpec::Ssh { .. } => Err(TransportError::Connect {

@@ -1,1 +1,7 @@
+//! slipway's integration tests: one binary, one shared harness
+//! (`tests/support/`), real git, real files, real servers.
 
+#[path = "../support/mod.rs"]
+mod support;
+
+mod local;

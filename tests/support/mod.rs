@@ -1,0 +1,11 @@
+//! The shared test harness: sample app repositories made with real `git`,
+//! hosts, and a runner for the real `slipway` binary. Every test gets its
+//! own temporary directory, removed on drop, so tests run in parallel.
+
+#![allow(dead_code)]
+
+pub mod app;
+pub mod run;
+
+pub use app::{App, LocalHosts};
+pub use run::{Run, slipway};
