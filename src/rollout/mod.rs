@@ -24,6 +24,10 @@ use crate::transport::{Transport, TransportError, Unquotable};
 pub use layout::Layout;
 pub use state::{HostState, LockOwner};
 
+/// Opens a transport to a host spec; injected so tests and callers choose
+/// how hosts are reached.
+pub type Connector = dyn Fn(&str) -> Result<Box<dyn Transport>, TransportError> + Send + Sync;
+
 /// One host of the environment, connected.
 #[derive(Clone)]
 pub struct Host {
@@ -54,7 +58,7 @@ impl Cluster {
         specs: &[String],
         deploy_to: &str,
         parallel: usize,
-        connect: Arc<dyn Fn(&str) -> Result<Box<dyn Transport>, TransportError> + Send + Sync>,
+        connect: Arc<Connector>,
     ) -> Result<Self, RolloutError> {
         let deploy_to = deploy_to.to_owned();
         let results = run_each(specs.to_vec(), parallel, move |spec: &String| {

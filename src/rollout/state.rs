@@ -139,9 +139,7 @@ pub fn to_prune(
     let mut kept = 0;
     let mut doomed = Vec::new();
     for id in releases {
-        if protected(id) {
-            kept += 1;
-        } else if kept < keep {
+        if protected(id) || kept < keep {
             kept += 1;
         } else {
             doomed.push(id.clone());

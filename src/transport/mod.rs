@@ -9,6 +9,7 @@
 
 pub mod local;
 pub mod quote;
+pub mod ssh;
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -74,6 +75,45 @@ pub enum TransportError {
     },
     #[error("cannot connect to {host}: {reason}")]
     Connect { host: String, reason: String },
+    #[error(
+        "cannot connect to {host}: its host key is not known (not in {}); the key it offers has the fingerprint {fingerprint}. If that is the key you expect, add this line to {}:\n{line}\nor run again with --accept-new-host-keys",
+        .known_hosts.display(), .known_hosts.display()
+    )]
+    UnknownHostKey {
+        host: String,
+        fingerprint: String,
+        line: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "refusing to connect to {host}: its host key has CHANGED. It now offers {fingerprint}, which does not match the key recorded in {}. This could be a man-in-the-middle attack, or the host was reinstalled; check with its administrator, then remove the old entry with `ssh-keygen -R '{name}' -f {}`",
+        .known_hosts.display(), .known_hosts.display()
+    )]
+    ChangedHostKey {
+        host: String,
+        name: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "cannot log in to {host}: no key was accepted for {login} (tried: {tried}); add the deploy key to that user's authorized_keys, load it into ssh-agent, or pass --identity"
+    )]
+    Auth {
+        host: String,
+        login: String,
+        tried: String,
+    },
+    #[error(
+        "on {host}: the host stopped answering (nothing received for {}, keepalives included); it or its network may be frozen",
+        humantime::format_duration(*.silent)
+    )]
+    Unresponsive { host: String, silent: Duration },
+    #[error("on {host}: the SSH connection failed while {what}: {reason}")]
+    Lost {
+        host: String,
+        what: String,
+        reason: String,
+    },
 }
 
 fn status_text(code: Option<i32>) -> String {
@@ -288,6 +328,29 @@ impl HostSpec {
             Some((u, r)) => (Some(u.to_owned()), r),
             None => (None, spec),
         };
+        if let Some(bracketed) = rest.strip_prefix('[') {
+            // `[::1]:22` or `[::1]`: an IPv6 address, optionally with a port.
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address opened with `[` needs a closing `]`"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?,
+                ),
+            };
+            if host.is_empty() || user.as_deref() == Some("") {
+                return Err(bad("expected [user@]host[:port], an ssh_config alias, or local:/path"));
+            }
+            return Ok(Self::Ssh {
+                user,
+                host: host.to_owned(),
+                port,
+            });
+        }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => {
                 let port = p
@@ -346,13 +409,15 @@ impl Default for ConnectOptions {
 /// # Errors
 /// When the spec is invalid or the host cannot be reached.
 pub fn connect(spec: &str, options: &ConnectOptions) -> Result<Box<dyn Transport>, TransportError> {
-    let _ = options;
     match HostSpec::parse(spec)? {
         HostSpec::Local(root) => Ok(Box::new(local::Local::new(spec, root))),
-        HostSpec::Ssh { .. } => Err(TransportError::Connect {
-            host: spec.to_owned(),
-            reason: "SSH hosts are not supported by this build".to_owned(),
-        }),
+        HostSpec::Ssh { user, host, port } => Ok(Box::new(ssh::Ssh::connect(
+            spec,
+            user.as_deref(),
+            &host,
+            port,
+            options,
+        )?)),
     }
 }
 
@@ -385,6 +450,24 @@ mod tests {
         assert!(HostSpec::parse("local:relative").is_err());
         assert!(HostSpec::parse("deploy@web:notaport").is_err());
         assert!(HostSpec::parse("@web").is_err());
+        assert_eq!(
+            HostSpec::parse("deploy@[::1]:2201").unwrap(),
+            HostSpec::Ssh {
+                user: Some("deploy".into()),
+                host: "::1".into(),
+                port: Some(2201)
+            }
+        );
+        assert_eq!(
+            HostSpec::parse("[fe80::1]").unwrap(),
+            HostSpec::Ssh {
+                user: None,
+                host: "fe80::1".into(),
+                port: None
+            }
+        );
+        assert!(HostSpec::parse("[::1").is_err());
+        assert!(HostSpec::parse("[::1]:x").is_err());
     }
 
     #[test]

@@ -1,1 +1,1 @@
-//! trigger
+//! Triggers: what asked for a deploy, and which environment it maps to.

@@ -89,11 +89,13 @@ impl App {
     }
 
     /// Runs `slipway` in this repository.
+    #[must_use = "assert on the run, e.g. .success()"]
     pub fn slipway(&self, args: &[&str]) -> Run {
         run(slipway(self.path()), args)
     }
 
     /// Runs `slipway` with extra environment variables.
+    #[must_use = "assert on the run, e.g. .success()"]
     pub fn slipway_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = slipway(self.path());
         for (k, v) in env {

@@ -8,4 +8,4 @@ pub mod app;
 pub mod run;
 
 pub use app::{App, LocalHosts};
-pub use run::{Run, slipway};
+pub use run::Run;

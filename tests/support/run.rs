@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// A finished `slipway` run.
-#[must_use]
 pub struct Run {
     pub args: Vec<String>,
     pub output: Output,
