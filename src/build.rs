@@ -78,7 +78,11 @@ fn run_step(
     env: &[(String, String)],
     on_line: &mut dyn FnMut(&str, &str),
 ) -> Result<(), BuildError> {
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    for var in crate::source::GIT_HOOK_VARS {
+        command.env_remove(var);
+    }
+    let mut child = command
         .arg("-c")
         .arg(&step.run)
         .current_dir(dir)

@@ -17,6 +17,20 @@
 //!   `GIT_ALTERNATE_OBJECT_DIRECTORIES`) are readable, because a pre-receive
 //!   hook must deploy a commit before git has moved it into the repository.
 
+/// Variables git sets for hooks that would make a child `git` (a build step,
+/// a deploy hook on a `local:` host) act on the server's repository instead
+/// of its own. Removed from every child slipway starts.
+pub const GIT_HOOK_VARS: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+    "GIT_PUSH_OPTION_COUNT",
+    "GIT_PREFIX",
+];
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};

@@ -48,6 +48,7 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
         dry_run: false,
         artifact: None,
         wait: None,
+        branch: None,
     };
 
     ctx.out

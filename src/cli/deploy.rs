@@ -26,7 +26,7 @@ pub struct DeployArgs {
     #[arg(long = "ref", env = "SLIPWAY_REF")]
     pub git_ref: Option<String>,
     /// Print the plan (hosts, release id, steps) and change nothing.
-    #[arg(long, env = "SLIPWAY_DRY_RUN")]
+    #[arg(long, env = "SLIPWAY_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
     pub dry_run: bool,
     /// Deploy this prebuilt artifact (from `slipway build`) instead of
     /// building; it is checked against the commit before anything happens.
@@ -36,6 +36,9 @@ pub struct DeployArgs {
     /// the environment's `lock_wait`.
     #[arg(long, env = "SLIPWAY_WAIT", value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
+    /// The branch being deployed, when --ref is a commit id (set by hooks).
+    #[arg(long, hide = true)]
+    pub branch: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -58,7 +61,10 @@ pub struct BuildArgs {
 }
 
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
-    let loaded = ctx.load(&args.environment, args.git_ref.as_deref())?;
+    let mut loaded = ctx.load(&args.environment, args.git_ref.as_deref())?;
+    if let Some(branch) = &args.branch {
+        loaded.branch.clone_from(branch);
+    }
     deploy_loaded(ctx, &loaded, &args).await
 }
 

@@ -7,6 +7,7 @@
 
 mod context;
 mod demo;
+mod hook;
 mod deploy;
 mod inspect;
 mod output;
@@ -66,7 +67,7 @@ pub struct Cli {
 
     /// Learn the host keys of SSH hosts not yet in known_hosts. A changed
     /// key is still refused; nothing ever turns checking off.
-    #[arg(long, global = true, env = "SLIPWAY_ACCEPT_NEW_HOST_KEYS")]
+    #[arg(long, global = true, env = "SLIPWAY_ACCEPT_NEW_HOST_KEYS", value_parser = clap::builder::FalseyValueParser::new())]
     pub accept_new_host_keys: bool,
 
     /// SSH identity file, tried after ssh-agent (repeatable).
@@ -98,7 +99,7 @@ pub struct Cli {
     pub command_timeout: Option<std::time::Duration>,
 
     /// Print less: only results and errors.
-    #[arg(long, short, global = true, env = "SLIPWAY_QUIET")]
+    #[arg(long, short, global = true, env = "SLIPWAY_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
 
     #[command(subcommand)]
@@ -129,6 +130,9 @@ pub enum Command {
     Recover(inspect::EnvArgs),
     /// Remove an environment's lock left by a rollout that is gone.
     Unlock(inspect::EnvArgs),
+    /// Git server hooks: deploy on push, guard deploying branches.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
     /// Run a full gated rollout to three local hosts, with no setup.
     Demo(demo::DemoArgs),
 }
@@ -166,6 +170,7 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Check(args) => inspect::check(ctx, &args),
         Command::Recover(args) => inspect::recover(ctx, &args).await,
         Command::Unlock(args) => inspect::unlock(ctx, &args).await,
+        Command::Hook(command) => hook::hook(ctx, command).await,
         Command::Demo(args) => demo::demo(ctx, args).await,
     }
 }

@@ -80,7 +80,11 @@ impl Transport for Local {
         timeout: Option<Duration>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        for var in crate::source::GIT_HOOK_VARS {
+            command.env_remove(var);
+        }
+        let mut child = command
             .arg("-c")
             // One ordered stream: stderr joins stdout inside the shell.
             .arg(format!("exec 2>&1\n{script}"))

@@ -343,7 +343,9 @@ impl HostSpec {
                 ),
             };
             if host.is_empty() || user.as_deref() == Some("") {
-                return Err(bad("expected [user@]host[:port], an ssh_config alias, or local:/path"));
+                return Err(bad(
+                    "expected [user@]host[:port], an ssh_config alias, or local:/path",
+                ));
             }
             return Ok(Self::Ssh {
                 user,

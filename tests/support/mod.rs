@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod run;
+pub mod server;
 
 pub use app::{App, LocalHosts};
 pub use run::Run;
