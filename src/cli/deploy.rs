@@ -69,31 +69,33 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
 }
 
 /// Deploys an already loaded commit; the hooks and the demo come here too.
-pub async fn deploy_loaded(
+pub async fn deploy_loaded(ctx: &Context, loaded: &Loaded, args: &DeployArgs) -> anyhow::Result<u8> {
+    let sink = Arc::clone(&ctx.out) as Arc<dyn Sink>;
+    let report = execute(ctx, loaded, args, sink, &|_| {}).await?;
+    Ok(report.map_or(exit::OK, |report| finish(ctx, &report)))
+}
+
+/// Builds and rolls out; `None` for a dry run. `stage` is told when the
+/// build and the rollout begin (CI groups its log by them).
+pub async fn execute(
     ctx: &Context,
     loaded: &Loaded,
     args: &DeployArgs,
-) -> anyhow::Result<u8> {
+    sink: Arc<dyn Sink>,
+    stage: &dyn Fn(&str),
+) -> anyhow::Result<Option<gated::Report>> {
     let env = loaded.config.environment(&args.environment)?;
-    let mut plan = plan::plan(
-        &loaded.config,
-        &args.environment,
-        env,
-        &loaded.branch,
-        &loaded.commit,
-        &deployer(),
-    );
+    let mut plan = plan::plan(&loaded.config, &args.environment, env, &loaded.branch, &loaded.commit, &deployer());
     if let Some(wait) = args.wait {
         plan.lock_wait = wait;
     }
     if args.dry_run {
         ctx.out.result(&plan.render());
-        return Ok(exit::OK);
+        return Ok(None);
     }
     let secrets = resolve_secrets(&plan)?;
-    let workdir = tempfile::Builder::new()
-        .prefix("slipway-artifact-")
-        .tempdir()?;
+    stage("build");
+    let workdir = tempfile::Builder::new().prefix("slipway-artifact-").tempdir()?;
     let artifact = match &args.artifact {
         Some(path) => prebuilt(path, &plan)?,
         None => build_for(ctx, loaded, &plan.branch, &plan.release_id, workdir.path())?,
@@ -104,6 +106,7 @@ pub async fn deploy_loaded(
         artifact.manifest.file_count,
         &artifact.sha256[..16]
     ));
+    stage("rollout");
     let cluster = ctx.connect(env).await?;
     let rollout = Rollout {
         plan: Arc::new(plan),
@@ -115,23 +118,22 @@ pub async fn deploy_loaded(
         }),
         secrets,
         deploy_id: deploy_id(),
-        sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        sink,
     };
-    finish(ctx, gated::deploy(&cluster, &rollout).await)
+    Ok(Some(gated::deploy(&cluster, &rollout).await?))
 }
 
-fn finish(ctx: &Context, result: Result<gated::Report, RolloutError>) -> anyhow::Result<u8> {
-    let report = result?;
+fn finish(ctx: &Context, report: &gated::Report) -> u8 {
     for warning in &report.warnings {
         ctx.out.warn(warning);
     }
     ctx.out.result(&format!("deployed {}", report.release));
-    Ok(exit::OK)
+    exit::OK
 }
 
 /// Secret values from the deployer's environment; all must be set before
 /// anything starts, so a rollout never stops half way for want of one.
-fn resolve_secrets(plan: &Plan) -> Result<Secrets, RolloutError> {
+pub fn resolve_secrets(plan: &Plan) -> Result<Secrets, RolloutError> {
     plan.secrets
         .iter()
         .map(|name| {

@@ -5,6 +5,8 @@
 //! One file per subcommand. Invariant: this is the only layer that uses
 //! `anyhow`; library errors stay typed below it.
 
+mod actions;
+mod ci;
 mod context;
 mod demo;
 mod hook;
@@ -130,6 +132,9 @@ pub enum Command {
     Recover(inspect::EnvArgs),
     /// Remove an environment's lock left by a rollout that is gone.
     Unlock(inspect::EnvArgs),
+    /// Deploy from a GitHub Actions run: reads the event, maps the branch,
+    /// records a GitHub Deployment, writes step outputs and a summary.
+    Ci(ci::CiArgs),
     /// Git server hooks: deploy on push, guard deploying branches.
     #[command(subcommand)]
     Hook(hook::HookCommand),
@@ -170,13 +175,14 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Check(args) => inspect::check(ctx, &args),
         Command::Recover(args) => inspect::recover(ctx, &args).await,
         Command::Unlock(args) => inspect::unlock(ctx, &args).await,
+        Command::Ci(args) => ci::ci(ctx, &args).await,
         Command::Hook(command) => hook::hook(ctx, command).await,
         Command::Demo(args) => demo::demo(ctx, args).await,
     }
 }
 
 /// The one place errors become exit codes.
-fn exit_code(e: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     if let Some(rollout) = e.downcast_ref::<crate::rollout::RolloutError>() {
         return rollout.exit_code();
     }

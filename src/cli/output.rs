@@ -15,6 +15,9 @@ use crate::notify::{Event, Sink};
 
 pub struct Console {
     quiet: bool,
+    /// Under GitHub Actions everything goes to stdout, in order with the
+    /// workflow commands (`::group::`) that structure the log.
+    stdout: bool,
     bars: Option<MultiProgress>,
     uploads: Mutex<HashMap<String, ProgressBar>>,
 }
@@ -24,6 +27,7 @@ impl Console {
         let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         Self {
             quiet,
+            stdout: std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true"),
             bars: interactive.then(MultiProgress::new),
             uploads: Mutex::new(HashMap::new()),
         }
@@ -54,6 +58,7 @@ impl Console {
             Some(bars) => {
                 let _ = bars.println(line);
             }
+            None if self.stdout => println!("{line}"),
             None => eprintln!("{line}"),
         }
     }

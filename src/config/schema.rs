@@ -126,6 +126,10 @@ pub struct Environment {
     /// SSH public keys allowed to log in as the deploy user.
     #[serde(default)]
     pub users: Vec<String>,
+    /// Where the environment is reachable; shown in GitHub deployments and
+    /// chat messages.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 fn default_hook_timeout() -> Duration {

@@ -6,6 +6,8 @@
 //! with one sentence saying why; nothing here does I/O beyond parsing what it
 //! is given, so the same decision serves hooks, CI events and the CLI.
 
+pub mod github;
+
 use crate::config::Config;
 
 /// One line of `pre-receive`/`post-receive` input: `<old> <new> <ref>`.
