@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod github;
+
 /// The steps of a rollout as they appear in output, history and journals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
