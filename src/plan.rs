@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, Environment, Health, Shared, StartStop, Strategy};
+use crate::config::{Canary, Config, Environment, Health, OnFailure, Share, Shared, StartStop, Strategy};
 use crate::source::Commit;
 
 /// Everything a rollout needs to know, resolved.
@@ -38,6 +38,10 @@ pub struct Plan {
     #[serde(with = "humantime_serde_compat")]
     pub lock_wait: Duration,
     pub deployer: String,
+    pub copy_back: Vec<String>,
+    pub batch: Share,
+    pub on_failure: OnFailure,
+    pub canary: Option<Canary>,
 }
 
 /// The deploy hook and where it runs.
@@ -93,7 +97,7 @@ pub fn plan(
         commit: commit.clone(),
         release_id: release_id(commit),
         strategy: env.strategy,
-        hosts: env.hosts.clone(),
+        hosts: env.all_hosts(),
         deploy_to: env.deploy_to.clone(),
         hook,
         shared: config.shared.clone(),
@@ -106,6 +110,10 @@ pub fn plan(
         parallel: env.parallel,
         lock_wait: env.lock_wait,
         deployer: deployer.to_owned(),
+        copy_back: env.copy_back.clone(),
+        batch: env.batch,
+        on_failure: env.on_failure,
+        canary: env.canary.clone(),
     }
 }
 
@@ -134,8 +142,56 @@ impl Plan {
         out
     }
 
-    /// The steps the gated rollout will take, in order.
+    /// The steps the rollout will take, in order.
     pub fn steps(&self) -> Vec<String> {
+        match self.strategy {
+            Strategy::Gated => self.gated_steps(),
+            Strategy::Rolling => self.rolling_steps(),
+            Strategy::Canary => self.canary_steps(),
+        }
+    }
+
+    fn hook_step(&self) -> Option<String> {
+        self.hook.as_ref().map(|hook| {
+            format!(
+                "deploy hook `{}` on {} (timeout {})",
+                hook.command,
+                hook.host,
+                humantime::format_duration(hook.timeout)
+            )
+        })
+    }
+
+    fn rolling_steps(&self) -> Vec<String> {
+        let mut steps = vec![
+            format!("lock {} on every host", self.environment),
+            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)".to_owned(),
+        ];
+        steps.extend(self.hook_step().map(|h| format!("{h}, before any host switches")));
+        let per = self.batch.of(self.hosts.len());
+        for (i, batch) in self.hosts.chunks(per).enumerate() {
+            steps.push(format!("batch {}: switch {} to {}, then health check", i + 1, batch.join(", "), self.release_id));
+        }
+        steps.push(format!("record history, prune to {} releases, unlock", self.keep_releases));
+        steps
+    }
+
+    fn canary_steps(&self) -> Vec<String> {
+        let canaries = self.canary.as_ref().map(|c| c.hosts.clone()).unwrap_or_default();
+        let rest: Vec<&String> = self.hosts.iter().filter(|h| !canaries.contains(h)).collect();
+        let share = self.canary.as_ref().map_or(crate::config::Share::Percent(34), |c| c.share).of(rest.len());
+        let mut steps = vec![
+            format!("lock {} on every host", self.environment),
+            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)".to_owned(),
+        ];
+        steps.extend(self.hook_step().map(|h| format!("{h}, before any host switches")));
+        steps.push(format!("stage 1: switch the canaries ({}) and check them", canaries.join(", ")));
+        steps.push(format!("stage 2: switch {share} of {} hosts and check them", rest.len()));
+        steps.push(format!("then `slipway promote {}` switches the rest, or `slipway rollback {}` reverts", self.environment, self.environment));
+        steps
+    }
+
+    fn gated_steps(&self) -> Vec<String> {
         let mut steps = vec![
             format!("lock {} on every host", self.environment),
             "stage: upload, verify sha256, unpack, link shared, write env file (all hosts, cluster open)".to_owned(),

@@ -2,6 +2,9 @@
 //!
 //! This module owns the `.tar.gz` a release is shipped as: [`pack`] turns a
 //! built directory into one, [`open`] checks one before anything unpacks it.
+//! With `artifact = "deb"`, [`pack_deb`] makes a Debian package of the same
+//! tree instead (see `deb.rs` for its design); the invariants below hold for
+//! it too.
 //!
 //! Invariants:
 //! - Reproducible: the same directory content, source time and names give a
@@ -24,11 +27,16 @@
 
 use std::path::PathBuf;
 
+mod deb;
 mod digest;
 mod manifest;
 mod tarball;
 mod verify;
 
+pub use deb::{
+    DEB_FORMAT, DebError, DebInput, SCRIPT_NAMES, default_package_prefix, is_package_name,
+    pack_deb, package_name,
+};
 pub use digest::sha256_file;
 pub use manifest::Manifest;
 pub use tarball::pack;
@@ -117,6 +125,8 @@ pub enum ArtifactError {
         expected: String,
         actual: String,
     },
+    #[error(transparent)]
+    Deb(#[from] DebError),
     #[error("cannot read {} as a tar.gz archive; it is damaged or not an artifact: {source}", archive.display())]
     Corrupt {
         archive: PathBuf,

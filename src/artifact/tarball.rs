@@ -21,20 +21,20 @@ use super::verify::Checker;
 use super::{Artifact, ArtifactError, EntryKind, FORMAT, MANIFEST_NAME, PackInput};
 
 /// Fixed so the same input always compresses to the same bytes.
-const GZIP_LEVEL: u32 = 6;
+pub(super) const GZIP_LEVEL: u32 = 6;
 /// gzip's "unknown" operating system, the same on every build host.
-const GZIP_OS_UNKNOWN: u8 = 255;
+pub(super) const GZIP_OS_UNKNOWN: u8 = 255;
 
 /// One thing found in the directory, with its normalised metadata.
-struct SourceEntry {
+pub(super) struct SourceEntry {
     /// Relative, `/`-separated.
-    rel: String,
-    abs: PathBuf,
-    kind: EntryKind,
-    mode: u32,
+    pub(super) rel: String,
+    pub(super) abs: PathBuf,
+    pub(super) kind: EntryKind,
+    pub(super) mode: u32,
     /// File size; 0 for directories and symlinks.
-    size: u64,
-    target: Option<String>,
+    pub(super) size: u64,
+    pub(super) target: Option<String>,
 }
 
 /// Packs `input.dir` into `out_dir/<app>-<release_id>.tar.gz` and writes
@@ -86,7 +86,7 @@ pub fn pack(input: &PackInput, out_dir: &Path) -> Result<Artifact, ArtifactError
 }
 
 /// Names become file names: no separators, no hidden or relative names.
-fn check_name(what: &'static str, value: &str) -> Result<(), ArtifactError> {
+pub(super) fn check_name(what: &'static str, value: &str) -> Result<(), ArtifactError> {
     if value.is_empty() || value.starts_with('.') || value.contains(['/', '\0']) {
         return Err(ArtifactError::BadName {
             what,
@@ -97,7 +97,7 @@ fn check_name(what: &'static str, value: &str) -> Result<(), ArtifactError> {
 }
 
 /// An output directory inside the packed one would pack its own temp files.
-fn check_out_dir(dir: &Path, out_dir: &Path) -> Result<(), ArtifactError> {
+pub(super) fn check_out_dir(dir: &Path, out_dir: &Path) -> Result<(), ArtifactError> {
     let dir_real = dir.canonicalize().map_err(ArtifactError::io("read", dir))?;
     let out_real = out_dir
         .canonicalize()
@@ -112,7 +112,7 @@ fn check_out_dir(dir: &Path, out_dir: &Path) -> Result<(), ArtifactError> {
 }
 
 /// Exclude rules compiled from gitignore-like patterns (see [`pack`]).
-struct Excludes {
+pub(super) struct Excludes {
     rules: Vec<ExcludeRule>,
 }
 
@@ -124,7 +124,7 @@ struct ExcludeRule {
 }
 
 impl Excludes {
-    fn new(patterns: &[String]) -> Result<Excludes, ArtifactError> {
+    pub(super) fn new(patterns: &[String]) -> Result<Excludes, ArtifactError> {
         let rules = patterns
             .iter()
             .map(|p| ExcludeRule::new(p))
@@ -177,7 +177,7 @@ impl ExcludeRule {
 
 /// Lists what will be packed, sorted by name at every level, and checks it
 /// with the same rules [`super::open`] applies.
-fn collect(dir: &Path, excludes: &Excludes) -> Result<Vec<SourceEntry>, ArtifactError> {
+pub(super) fn collect(dir: &Path, excludes: &Excludes) -> Result<Vec<SourceEntry>, ArtifactError> {
     let walker = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .follow_links(false)
@@ -282,7 +282,7 @@ fn special_kind(file_type: fs::FileType) -> &'static str {
 }
 
 /// First pass: the content hash and file count the manifest will carry.
-fn hash_entries(dir: &Path, entries: &[SourceEntry]) -> Result<(String, u64), ArtifactError> {
+pub(super) fn hash_entries(dir: &Path, entries: &[SourceEntry]) -> Result<(String, u64), ArtifactError> {
     let mut content = ContentHasher::new();
     for entry in entries {
         content.entry(entry.kind, entry.mode, &entry.rel, data_len(entry));
@@ -302,14 +302,14 @@ fn hash_entries(dir: &Path, entries: &[SourceEntry]) -> Result<(String, u64), Ar
     Ok(content.finish())
 }
 
-fn data_len(entry: &SourceEntry) -> u64 {
+pub(super) fn data_len(entry: &SourceEntry) -> u64 {
     match &entry.target {
         Some(target) => target.len() as u64,
         None => entry.size,
     }
 }
 
-fn changed(dir: &Path, path: &Path) -> ArtifactError {
+pub(super) fn changed(dir: &Path, path: &Path) -> ArtifactError {
     ArtifactError::ChangedWhilePacking {
         dir: dir.to_owned(),
         path: path.to_owned(),
@@ -404,7 +404,7 @@ fn append_entry<W: Write>(
 
 /// A header with every field set from our normalised values, nothing from the
 /// filesystem. The path and checksum are filled in by the tar builder.
-fn header(kind: EntryKind, mode: u32, size: u64, mtime: u64) -> tar::Header {
+pub(super) fn header(kind: EntryKind, mode: u32, size: u64, mtime: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(match kind {
         EntryKind::Dir => tar::EntryType::Directory,
@@ -438,7 +438,7 @@ impl<R: Read> Read for Tee<'_, R> {
     }
 }
 
-fn temp_file(out_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
+pub(super) fn temp_file(out_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
     tempfile::Builder::new()
         .prefix(".slipway-")
         .suffix(".tmp")
@@ -447,7 +447,7 @@ fn temp_file(out_dir: &Path) -> Result<tempfile::NamedTempFile, ArtifactError> {
 }
 
 /// Flushes, makes world-readable like any ordinary output, and renames.
-fn finish_temp(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), ArtifactError> {
+pub(super) fn finish_temp(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), ArtifactError> {
     let file = tmp.as_file();
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .and_then(|()| file.sync_all())
@@ -457,7 +457,7 @@ fn finish_temp(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), Artifact
     Ok(())
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
     let out_dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = temp_file(out_dir)?;
     tmp.write_all(bytes)

@@ -58,7 +58,9 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
             actions.mask(&value);
         }
     }
-    let environment = match (&args.environment, config.environment_for_branch(&branch)) {
+    // An unset action input arrives as an empty variable.
+    let override_env = args.environment.as_ref().filter(|e| !e.is_empty());
+    let environment = match (override_env, config.environment_for_branch(&branch)) {
         (Some(env), _) => env.clone(),
         (None, Some((env, _))) => env.to_owned(),
         (None, None) => return Ok(skip(ctx, actions.as_ref(), &format!("`{branch}` deploys to no environment; nothing to do"))),

@@ -106,7 +106,7 @@ impl Context {
     pub async fn connect(&self, env: &Environment) -> anyhow::Result<Cluster> {
         let options = self.connect.clone();
         Ok(Cluster::connect(
-            &env.hosts,
+            &env.all_hosts(),
             &env.deploy_to,
             env.parallel,
             Arc::new(move |spec: &str| crate::transport::connect(spec, &options)),

@@ -15,7 +15,8 @@ use crate::pipeline::{self, Target};
 use crate::plan::{self, Plan};
 use crate::rollout::gated::{self, Rollout, Secrets, Upload};
 use crate::rollout::state::Action;
-use crate::rollout::{RolloutError, manage};
+use crate::rollout::state::CanaryState;
+use crate::rollout::{RolloutError, canary, manage};
 use crate::source::Commit;
 
 #[derive(Debug, Args)]
@@ -184,6 +185,14 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
     let cluster = ctx.connect(env).await?;
+    if args.to.is_none()
+        && let Ok(in_progress) = canary::current(&cluster, &args.environment).await
+    {
+        let rollout = canary_rollout(ctx, &loaded, &args.environment, &in_progress, Action::Rollback)?;
+        let report = canary::revert(&cluster, &rollout, &in_progress).await?;
+        ctx.out.result(&format!("canary of {} reverted; hosts back on {}", in_progress.release, report.release));
+        return Ok(exit::OK);
+    }
     let states = cluster.read_state().await?;
     let current = states.first().and_then(|s| s.current.clone());
     let history = manage::history(&cluster).await?;
@@ -235,6 +244,43 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
     let report = gated::deploy(&cluster, &rollout).await?;
     ctx.out
         .result(&format!("rolled back to {}", report.release));
+    Ok(exit::OK)
+}
+
+/// A rollout that switches hosts to (or away from) a canary's release.
+fn canary_rollout(ctx: &Context, loaded: &Loaded, environment: &str, in_progress: &CanaryState, action: Action) -> anyhow::Result<Rollout> {
+    let env = loaded.config.environment(environment)?;
+    let commit = Commit {
+        id: in_progress.commit.clone(),
+        short: in_progress.release.rsplit('-').next().unwrap_or_default().to_owned(),
+        time: 0,
+        subject: format!("canary {}", in_progress.release),
+        author: String::new(),
+    };
+    let mut plan = plan::plan(&loaded.config, environment, env, &loaded.branch, &commit, &deployer());
+    plan.release_id.clone_from(&in_progress.release);
+    Ok(Rollout {
+        plan: Arc::new(plan),
+        action,
+        artifact: None,
+        secrets: Secrets::default(),
+        deploy_id: deploy_id(),
+        sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+    })
+}
+
+/// `slipway promote`: finish a canary.
+pub async fn promote(ctx: &Context, args: &super::inspect::EnvArgs) -> anyhow::Result<u8> {
+    let loaded = ctx.load(&args.environment, None)?;
+    let env = loaded.config.environment(&args.environment)?;
+    let cluster = ctx.connect(env).await?;
+    let in_progress = canary::current(&cluster, &args.environment).await?;
+    let rollout = canary_rollout(ctx, &loaded, &args.environment, &in_progress, Action::Promote)?;
+    let report = canary::promote(&cluster, &rollout, &in_progress).await?;
+    for warning in &report.warnings {
+        ctx.out.warn(warning);
+    }
+    ctx.out.result(&format!("promoted {} to every host", report.release));
     Ok(exit::OK)
 }
 

@@ -46,6 +46,9 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
                         Err(raw) => format!("locked ({raw})"),
                     });
                 }
+                if let Some(Ok(canary)) = &state.canary {
+                    parts.push(format!("canary of {} in progress (since {})", canary.release, canary.since));
+                }
                 if let Some(journal) = &state.journal {
                     code = exit::ATTENTION;
                     parts.push(match journal {

@@ -117,6 +117,8 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Switch every host back to the release that ran before this one.
     Rollback(deploy::RollbackArgs),
+    /// Finish a canary: switch the remaining hosts to the canary's release.
+    Promote(inspect::EnvArgs),
     /// Show, per host, the live release, open/closed, and any lock or
     /// interrupted rollout.
     Status(inspect::EnvArgs),
@@ -169,6 +171,7 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Deploy(args) => deploy::deploy(ctx, args).await,
         Command::Rollback(args) => deploy::rollback(ctx, args).await,
+        Command::Promote(args) => deploy::promote(ctx, &args).await,
         Command::Build(args) => deploy::build(ctx, &args),
         Command::Status(args) => inspect::status(ctx, &args).await,
         Command::Releases(args) => inspect::releases(ctx, &args).await,

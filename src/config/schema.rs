@@ -130,6 +130,101 @@ pub struct Environment {
     /// chat messages.
     #[serde(default)]
     pub url: Option<String>,
+    /// Paths inside the release tree (content the live release wrote) copied
+    /// from the live release into the new one just before the switch.
+    #[serde(default)]
+    pub copy_back: Vec<String>,
+    /// Rolling strategy: how many hosts switch at a time (`2`, or `"34%"`).
+    #[serde(default)]
+    pub batch: Share,
+    /// Rolling strategy: on a failed batch, roll back every host already
+    /// switched (`"rollback-all"`, one version everywhere) or only that batch.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Canary strategy settings.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+impl Environment {
+    /// Every host the environment deploys to: canaries first, then `hosts`.
+    pub fn all_hosts(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.canary.iter().flat_map(|c| c.hosts.clone()).collect();
+        all.extend(self.hosts.iter().filter(|h| !all.contains(h)).cloned().collect::<Vec<_>>());
+        all
+    }
+}
+
+/// A count of hosts, or a share of them (`"34%"`, rounded up, at least one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Share {
+    Hosts(usize),
+    Percent(u8),
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Self::Hosts(1)
+    }
+}
+
+impl Share {
+    /// How many of `n` hosts this is.
+    pub fn of(self, n: usize) -> usize {
+        let k = match self {
+            Self::Hosts(k) => k,
+            Self::Percent(p) => (n * usize::from(p)).div_ceil(100),
+        };
+        k.clamp(1, n.max(1))
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Text(String),
+        }
+        let bad = || serde::de::Error::custom("expected a number of hosts (e.g. 2) or a share (e.g. \"34%\")");
+        match Raw::deserialize(d)? {
+            Raw::Count(n) if n >= 1 => Ok(Self::Hosts(usize::try_from(n).map_err(|_| bad())?)),
+            Raw::Text(t) => {
+                let p: u8 = t.strip_suffix('%').and_then(|p| p.trim().parse().ok()).ok_or_else(bad)?;
+                if (1..=100).contains(&p) { Ok(Self::Percent(p)) } else { Err(bad()) }
+            }
+            Raw::Count(_) => Err(bad()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    #[default]
+    RollbackAll,
+    RollbackBatch,
+}
+
+/// The canary strategy: first `hosts` (e.g. an internal-only host not behind
+/// the load balancer), then `share` of the environment's hosts; then
+/// `slipway promote` completes it or `slipway rollback` reverts it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_canary_share")]
+    pub share: Share,
+    /// A command run on each canary host in the new release after its
+    /// health check; exit 0 means the canary is good.
+    #[serde(default)]
+    pub check: Option<String>,
+}
+
+fn default_canary_share() -> Share {
+    Share::Percent(34)
 }
 
 fn default_hook_timeout() -> Duration {

@@ -6,6 +6,25 @@
 //! secret values (the engine never holds them in printable form), and a sink
 //! cannot fail a rollout: `emit` returns nothing.
 
+pub mod config;
+pub mod datadog;
+pub mod deliver;
+pub mod events;
+pub mod fastly;
+pub mod grafana;
+pub mod graphite;
+pub mod matrix;
+pub mod message;
+pub mod newrelic;
+pub mod notifiers;
+pub mod slack;
+pub mod teams;
+pub mod webhook;
+
+pub use config::NotifyConfigError;
+pub use message::DeployInfo;
+pub use notifiers::{Delivery, Notifiers, Service};
+
 use std::sync::Mutex;
 use std::time::Duration;
 

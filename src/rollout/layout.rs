@@ -161,6 +161,36 @@ impl Layout {
         }
     }
 
+    /// Copies `paths` (content the live release wrote into its own tree)
+    /// from the live release into `release`, just before the switch.
+    pub fn copy_back(&self, release: &str, paths: &[String]) -> Result<Script, Unquotable> {
+        let mut script = self.start()?;
+        for path in paths {
+            let path = path.trim_matches('/');
+            let from = format!("current/{path}");
+            let to = format!("releases/{release}/{path}");
+            let parent = to.rsplit_once('/').map_or_else(|| to.clone(), |(p, _)| p.to_owned());
+            script = script.line(
+                "if [ -e {} ] && [ \"$(readlink current)\" != {} ]; then rm -rf {} && mkdir -p {} && cp -a {} {}; fi",
+                [&from, &format!("releases/{release}"), &to, &parent, &from, &to],
+            )?;
+        }
+        Ok(script)
+    }
+
+    /// Records a canary in progress (see `canary.rs`); it survives the
+    /// process so `promote` can run from elsewhere, hours later.
+    pub fn write_canary(&self, json: &str) -> Result<Script, Unquotable> {
+        self.start()?.line(
+            "printf '%s\\n' {} > .slipway/canary.json.tmp && mv -f .slipway/canary.json.tmp .slipway/canary.json",
+            [json],
+        )
+    }
+
+    pub fn clear_canary(&self) -> Result<Script, Unquotable> {
+        Ok(self.start()?.raw("rm -f .slipway/canary.json"))
+    }
+
     pub fn close(&self) -> Result<Script, Unquotable> {
         Ok(self.start()?.raw("touch .slipway/maintenance"))
     }
@@ -303,5 +333,6 @@ if [ -L current ]; then printf 'current\t%s\n' "$(readlink current)"; fi
 if [ -e .slipway/maintenance ]; then printf 'closed\t1\n'; fi
 if [ -f .slipway/lock ]; then printf 'lock\t%s\n' "$(tr -d '\n' < .slipway/lock)"; fi
 if [ -f .slipway/journal.json ]; then printf 'journal\t%s\n' "$(tr -d '\n' < .slipway/journal.json)"; fi
+if [ -f .slipway/canary.json ]; then printf 'canary\t%s\n' "$(tr -d '\n' < .slipway/canary.json)"; fi
 if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
 if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#;

@@ -7,12 +7,15 @@
 //! emits events); it touches hosts only through [`Transport`]; and blocking
 //! transport calls run on blocking threads, at most `parallel` at a time.
 
+pub mod canary;
 pub mod gated;
 pub mod health;
 pub mod layout;
 pub mod lock;
 pub mod manage;
+pub mod rolling;
 pub mod state;
+pub mod steps;
 
 use std::sync::Arc;
 
@@ -72,6 +75,18 @@ impl Cluster {
             .collect::<Result<Vec<_>, TransportError>>()
             .map_err(RolloutError::Unreachable)?;
         Ok(Self { hosts, parallel })
+    }
+
+    /// The hosts named in `names`, in cluster order.
+    pub fn subset(&self, names: &[String]) -> Self {
+        Self {
+            hosts: self.hosts.iter().filter(|h| names.iter().any(|n| n == h.name())).cloned().collect(),
+            parallel: self.parallel,
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.name().to_owned()).collect()
     }
 
     /// Runs `f` on every host, at most `parallel` at once, on blocking
@@ -212,10 +227,10 @@ pub enum RolloutError {
     MissingSecret(String),
     #[error("no release to roll back to on {host}: {reason}")]
     NoRollbackTarget { host: String, reason: String },
-    #[error(
-        "the {0} strategy is not available in this version of slipway; use strategy = \"gated\""
-    )]
-    UnsupportedStrategy(String),
+    #[error("a canary of {release} is in progress on {environment}; run `slipway promote {environment}` or `slipway rollback {environment}` first")]
+    CanaryInProgress { environment: String, release: String },
+    #[error("no canary is in progress on {0}; nothing to promote")]
+    NoCanary(String),
 }
 
 fn rolled_back_text(to: Option<&str>, unreachable: &[String]) -> String {

@@ -42,6 +42,19 @@ pub struct Journal {
     pub updated: String,
 }
 
+/// A canary in progress, recorded on every host of the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryState {
+    pub deploy_id: String,
+    pub release: String,
+    pub commit: String,
+    /// What each host ran before the canary, by host name.
+    pub previous: std::collections::BTreeMap<String, Option<String>>,
+    /// The hosts already switched to `release`.
+    pub switched: Vec<String>,
+    pub since: String,
+}
+
 /// One line of `.slipway/history.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -63,6 +76,8 @@ pub enum Action {
     Deploy,
     Rollback,
     Recover,
+    Canary,
+    Promote,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +98,8 @@ pub struct HostState {
     pub lock: Option<Result<LockOwner, String>>,
     pub journal: Option<Result<Journal, String>>,
     pub pinned: Vec<String>,
+    /// A canary in progress.
+    pub canary: Option<Result<CanaryState, String>>,
     /// Release ids, most recently switched to first.
     pub releases: Vec<String>,
 }
@@ -114,6 +131,9 @@ impl HostState {
                 }
                 "journal" => {
                     state.journal = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
+                }
+                "canary" => {
+                    state.canary = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
                 }
                 "pinned" if !value.trim().is_empty() => state.pinned.push(value.trim().to_owned()),
                 "release" if !value.starts_with('.') => state.releases.push(value.to_owned()),

@@ -134,6 +134,12 @@ fn bastion(
         let session = handshake(jump, &target, handle, options, known_hosts, &identities)?;
         Ok((session, socket, jump.to_owned()))
     })
+    .map_err(|e| match e {
+        // Host key and login errors name the jump host and say what to do;
+        // a plain connection failure is told from the target's side.
+        TransportError::Connect { reason, .. } => fail(reason),
+        other => other,
+    })
 }
 
 impl Route {

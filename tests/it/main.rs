@@ -6,3 +6,5 @@ mod support;
 
 mod hooks;
 mod local;
+mod notify;
+mod ssh;

@@ -7,6 +7,8 @@
 pub mod app;
 pub mod run;
 pub mod server;
+pub mod standin;
+pub mod sshd;
 
 pub use app::{App, LocalHosts};
 pub use run::Run;
