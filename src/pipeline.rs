@@ -1,14 +1,15 @@
 //! From a commit to an artifact: export the tree, run the build, pack.
 //!
-//! Owns the order of the build stages and nothing else. Invariants: the
+//! Owns the order of the build stages and which packer runs (tar.gz or
+//! deb), and nothing else. Invariants: the
 //! build runs in a fresh temporary export of the commit (never a working
 //! tree, so uncommitted files cannot leak into a release), and the artifact
 //! depends only on the commit, its config and the build's output.
 
 use std::path::Path;
 
-use crate::artifact::{self, Artifact, PackInput};
-use crate::config::Config;
+use crate::artifact::{self, Artifact, DebInput, PackInput};
+use crate::config::{ArtifactFormat, Config};
 use crate::source::{Commit, Repo};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,10 @@ pub enum PipelineError {
     Artifact(#[from] crate::artifact::ArtifactError),
     #[error("cannot create a temporary build directory: {0}")]
     TempDir(#[source] std::io::Error),
+    #[error(
+        "a .deb installs into deploy_to, but it is not known for this build: no environment deploys branch `{branch}` and the environments' deploy_to differ; build from an environment's branch"
+    )]
+    NoDeployTo { branch: String },
 }
 
 /// What the build is for; becomes the manifest and the build's environment.
@@ -29,6 +34,10 @@ pub struct Target<'a> {
     pub commit: &'a Commit,
     pub branch: &'a str,
     pub release_id: &'a str,
+    /// What to pack: normally `config.app.artifact`.
+    pub format: ArtifactFormat,
+    /// Where the release is deployed; a `.deb` installs its files there.
+    pub deploy_to: Option<&'a str>,
 }
 
 /// Builds the artifact for `target` into `out_dir`. `on_line` receives
@@ -58,17 +67,46 @@ pub fn build(
         ),
     ];
     crate::build::run_steps(work.path(), &target.config.build.steps, &env, on_line)?;
-    let artifact = artifact::pack(
-        &PackInput {
-            dir: work.path(),
-            exclude: &target.config.build.exclude,
-            source_time: target.commit.time,
-            app: &target.config.app.name,
-            commit: &target.commit.id,
-            branch: target.branch,
-            release_id: target.release_id,
-        },
-        out_dir,
-    )?;
+    let input = PackInput {
+        dir: work.path(),
+        exclude: &target.config.build.exclude,
+        source_time: target.commit.time,
+        app: &target.config.app.name,
+        commit: &target.commit.id,
+        branch: target.branch,
+        release_id: target.release_id,
+    };
+    let artifact = match target.format {
+        ArtifactFormat::TarGz => artifact::pack(&input, out_dir)?,
+        ArtifactFormat::Deb => {
+            let deb = &target.config.deb;
+            let app = &target.config.app.name;
+            let deploy_to = target.deploy_to.ok_or_else(|| PipelineError::NoDeployTo {
+                branch: target.branch.to_owned(),
+            })?;
+            let prefix = deb
+                .package_prefix
+                .clone()
+                .unwrap_or_else(|| artifact::default_package_prefix(app));
+            let maintainer = deb
+                .maintainer
+                .clone()
+                .unwrap_or_else(|| format!("{app} deployers <root@localhost>"));
+            let scripts = deb.scripts.list();
+            artifact::pack_deb(
+                &input,
+                &DebInput {
+                    deploy_to,
+                    package_prefix: &prefix,
+                    maintainer: &maintainer,
+                    architecture: &deb.architecture,
+                    depends: &deb.depends,
+                    conffiles: &deb.conffiles,
+                    scripts: &scripts,
+                },
+                out_dir,
+            )?
+        }
+    };
     Ok(artifact)
 }

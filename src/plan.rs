@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Canary, Config, Environment, Health, OnFailure, Share, Shared, StartStop, Strategy};
+use crate::config::{
+    ArtifactFormat, Canary, Config, Deb, Environment, Health, OnFailure, Share, Shared, StartStop,
+    Strategy,
+};
 use crate::source::Commit;
 
 /// Everything a rollout needs to know, resolved.
@@ -24,6 +27,10 @@ pub struct Plan {
     pub strategy: Strategy,
     pub hosts: Vec<String>,
     pub deploy_to: String,
+    /// How releases are shipped: unpacked tarballs or dpkg-installed packages.
+    pub artifact: ArtifactFormat,
+    /// Debian package settings (no secrets); used when `artifact` is `deb`.
+    pub deb: Deb,
     pub hook: Option<Hook>,
     pub shared: Shared,
     /// Non-secret variables, written to each release's env file.
@@ -99,6 +106,8 @@ pub fn plan(
         strategy: env.strategy,
         hosts: env.all_hosts(),
         deploy_to: env.deploy_to.clone(),
+        artifact: config.app.artifact,
+        deb: config.deb.clone(),
         hook,
         shared: config.shared.clone(),
         env: env.env.clone(),
@@ -165,29 +174,66 @@ impl Plan {
     fn rolling_steps(&self) -> Vec<String> {
         let mut steps = vec![
             format!("lock {} on every host", self.environment),
-            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)".to_owned(),
+            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)"
+                .to_owned(),
         ];
-        steps.extend(self.hook_step().map(|h| format!("{h}, before any host switches")));
-        let per = self.batch.of(self.hosts.len());
+        steps.extend(
+            self.hook_step()
+                .map(|h| format!("{h}, before any host switches")),
+        );
+        let per = self.batch.of(self.hosts.len()).max(1);
         for (i, batch) in self.hosts.chunks(per).enumerate() {
-            steps.push(format!("batch {}: switch {} to {}, then health check", i + 1, batch.join(", "), self.release_id));
+            steps.push(format!(
+                "batch {}: switch {} to {}, then health check",
+                i + 1,
+                batch.join(", "),
+                self.release_id
+            ));
         }
-        steps.push(format!("record history, prune to {} releases, unlock", self.keep_releases));
+        steps.push(format!(
+            "record history, prune to {} releases, unlock",
+            self.keep_releases
+        ));
         steps
     }
 
     fn canary_steps(&self) -> Vec<String> {
-        let canaries = self.canary.as_ref().map(|c| c.hosts.clone()).unwrap_or_default();
-        let rest: Vec<&String> = self.hosts.iter().filter(|h| !canaries.contains(h)).collect();
-        let share = self.canary.as_ref().map_or(crate::config::Share::Percent(34), |c| c.share).of(rest.len());
+        let canaries = self
+            .canary
+            .as_ref()
+            .map(|c| c.hosts.clone())
+            .unwrap_or_default();
+        let rest: Vec<&String> = self
+            .hosts
+            .iter()
+            .filter(|h| !canaries.contains(h))
+            .collect();
+        let share = self
+            .canary
+            .as_ref()
+            .map_or(crate::config::Share::Percent(34), |c| c.share)
+            .of(rest.len());
         let mut steps = vec![
             format!("lock {} on every host", self.environment),
-            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)".to_owned(),
+            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)"
+                .to_owned(),
         ];
-        steps.extend(self.hook_step().map(|h| format!("{h}, before any host switches")));
-        steps.push(format!("stage 1: switch the canaries ({}) and check them", canaries.join(", ")));
-        steps.push(format!("stage 2: switch {share} of {} hosts and check them", rest.len()));
-        steps.push(format!("then `slipway promote {}` switches the rest, or `slipway rollback {}` reverts", self.environment, self.environment));
+        steps.extend(
+            self.hook_step()
+                .map(|h| format!("{h}, before any host switches")),
+        );
+        steps.push(format!(
+            "stage 1: switch the canaries ({}) and check them",
+            canaries.join(", ")
+        ));
+        steps.push(format!(
+            "stage 2: switch {share} of {} hosts and check them",
+            rest.len()
+        ));
+        steps.push(format!(
+            "then `slipway promote {}` switches the rest, or `slipway rollback {}` reverts",
+            self.environment, self.environment
+        ));
         steps
     }
 

@@ -21,8 +21,13 @@
 //!   release tree led by slipway's manifest (the same manifest and content
 //!   hash as a tarball's, with `format` `"deb"`), and what Debian policy asks
 //!   of every package: `/usr/share/doc/<package>/{changelog.gz,copyright}`,
-//!   plus a lintian override when `deploy_to` lies where site-local data
-//!   belongs but Debian's archive packages may not go (`/srv`, `/opt`, ...).
+//!   plus a lintian override for what is deliberate in this design:
+//!   `deploy_to` where site-local data belongs but Debian's archive packages
+//!   may not go (`/srv`, `/opt`, ...), and conffiles outside `/etc` (a
+//!   release's conffiles live in its release directory).
+//!
+//! Entry names have no `./` prefix (the tar crate normalises it away; dpkg
+//! accepts both), except the leading `./` directory itself.
 //!
 //! Invariants, as for tarballs (see the module above): the same input gives
 //! the same bytes. Tar entries are sorted, built from scratch (uid/gid 0, no
@@ -365,7 +370,9 @@ fn write_package(
 
     let tmp = temp_file(out_dir)?;
     let write_err = ArtifactError::io("write", tmp.path());
-    let mut data_file = data.reopen().map_err(ArtifactError::io("read", data.path()))?;
+    let mut data_file = data
+        .reopen()
+        .map_err(ArtifactError::io("read", data.path()))?;
     let data_len = data_file
         .seek(io::SeekFrom::End(0))
         .and_then(|len| data_file.rewind().map(|()| len))
@@ -441,7 +448,7 @@ fn write_data(
         .map_err(tar_err)?;
     for d in &dirs {
         let mut h = header(EntryKind::Dir, 0o755, 0, meta.mtime);
-        tar.append_data(&mut h, format!("./{d}/"), io::empty())
+        tar.append_data(&mut h, format!("{d}/"), io::empty())
             .map_err(tar_err)?;
         summary.installed_kib += 1;
     }
@@ -451,8 +458,7 @@ fn write_data(
             .md5sums
             .push((path.to_owned(), hex::encode(Md5::digest(bytes))));
         summary.installed_kib += (bytes.len() as u64).div_ceil(1024);
-        tar.append_data(&mut h, format!("./{path}"), bytes)
-            .map_err(tar_err)
+        tar.append_data(&mut h, path, bytes).map_err(tar_err)
     };
     for (path, bytes) in &extras {
         add_bytes(&mut tar, path, bytes)?;
@@ -480,8 +486,7 @@ fn write_data(
             (EntryKind::Symlink, Some(target)) => {
                 content.data(target.as_bytes());
                 summary.installed_kib += 1;
-                tar.append_link(&mut h, format!("./{path}"), target)
-                    .map_err(pack_err)?;
+                tar.append_link(&mut h, path, target).map_err(pack_err)?;
             }
             (EntryKind::File, _) => {
                 let file = File::open(&entry.abs).map_err(ArtifactError::io("read", &entry.abs))?;
@@ -491,7 +496,7 @@ fn write_data(
                     md5: Md5::new(),
                     count: 0,
                 };
-                tar.append_data(&mut h, format!("./{path}"), &mut reader)
+                tar.append_data(&mut h, &path, &mut reader)
                     .map_err(pack_err)?;
                 if reader.count != entry.size {
                     return Err(changed(dir, &entry.abs));
@@ -505,7 +510,7 @@ fn write_data(
             }
             _ => {
                 summary.installed_kib += 1;
-                tar.append_data(&mut h, format!("./{path}/"), io::empty())
+                tar.append_data(&mut h, format!("{path}/"), io::empty())
                     .map_err(pack_err)?;
             }
         }
@@ -543,7 +548,7 @@ fn extra_files(meta: &Meta<'_>) -> Result<Vec<(String, Vec<u8>)>, ArtifactError>
             time: input.source_time,
         })?;
     let changelog = format!(
-        "{package} ({version}) unstable; urgency=medium\n\n  * Release {id} of {app}, commit {commit} on branch {branch}.\n\n -- {maintainer}  {date}\n",
+        "{package} ({version}) unstable; urgency=medium\n\n  * Release {id} of {app}, branch {branch},\n    commit {commit}.\n\n -- {maintainer}  {date}\n",
         package = meta.package,
         version = meta.version,
         id = input.release_id,
@@ -553,32 +558,43 @@ fn extra_files(meta: &Meta<'_>) -> Result<Vec<(String, Vec<u8>)>, ArtifactError>
         maintainer = meta.deb.maintainer.trim(),
         date = date.0,
     );
-    let mut gz = gzip(Vec::new());
-    gz.write_all(changelog.as_bytes())
+    // Policy wants the changelog at maximum compression.
+    let mut gz = GzBuilder::new()
+        .mtime(0)
+        .operating_system(GZIP_OS_UNKNOWN)
+        .write(Vec::new(), Compression::best());
+    let changelog_gz = gz
+        .write_all(changelog.as_bytes())
         .and_then(|()| gz.finish())
-        .map(|bytes| bytes)
-        .map_err(ArtifactError::io("compress the changelog for", input.dir))
-        .and_then(|bytes| {
-            let copyright = format!(
-                "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: {app}\n\nFiles: *\nCopyright: {year} {maintainer}\nLicense: other\n Release {id} of {app}, packaged by slipway for deployment;\n see the {app} repository for its licence.\n",
-                app = input.app,
-                year = date.1,
-                maintainer = meta.deb.maintainer.trim(),
-                id = input.release_id,
-            );
-            let mut files = vec![
-                (format!("{doc}/changelog.gz"), bytes),
-                (format!("{doc}/copyright"), copyright.into_bytes()),
-            ];
-            if let Some(tag) = site_local_tag(meta.deb.deploy_to) {
-                files.push((
-                    format!("usr/share/lintian/overrides/{}", meta.package),
-                    format!("{}: {tag}\n", meta.package).into_bytes(),
-                ));
-            }
-            files.sort();
-            Ok(files)
-        })
+        .map_err(ArtifactError::io("compress the changelog for", input.dir))?;
+    let copyright = format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: {app}\n\nFiles: *\nCopyright: {year} {maintainer}\nLicense: other\n Release {id} of {app}, packaged by slipway for deployment;\n see the {app} repository for its licence.\n",
+        app = input.app,
+        year = date.1,
+        maintainer = meta.deb.maintainer.trim(),
+        id = input.release_id,
+    );
+    let mut files = vec![
+        (format!("{doc}/changelog.gz"), changelog_gz),
+        (format!("{doc}/copyright"), copyright.into_bytes()),
+    ];
+    let mut tags: Vec<&str> = site_local_tag(meta.deb.deploy_to).into_iter().collect();
+    if !meta.deb.conffiles.is_empty() {
+        // A release's conffiles live in its release directory, by design.
+        tags.push("non-etc-file-marked-as-conffile");
+    }
+    if !tags.is_empty() {
+        let text: String = tags
+            .iter()
+            .map(|t| format!("{}: {t}\n", meta.package))
+            .collect();
+        files.push((
+            format!("usr/share/lintian/overrides/{}", meta.package),
+            text.into_bytes(),
+        ));
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// The lintian tag a deploy root under a site-local directory triggers:
@@ -623,7 +639,7 @@ fn control_archive(
     );
     let _ = writeln!(
         control,
-        " Commit {} on branch {}, built and packaged by slipway.\n Installs into /{}/.",
+        " Commit {} of branch {}.\n Built and packaged by slipway; installs into\n /{}/.",
         input.commit, input.branch, meta.release_dir
     );
 
@@ -652,7 +668,7 @@ fn control_archive(
     tar.append_data(&mut h, "./", io::empty())?;
     for (name, mode, bytes) in &files {
         let mut h = header(EntryKind::File, *mode, bytes.len() as u64, meta.mtime);
-        tar.append_data(&mut h, format!("./{name}"), bytes.as_slice())?;
+        tar.append_data(&mut h, name, bytes.as_slice())?;
     }
     tar.into_inner()?.finish()
 }
@@ -812,7 +828,7 @@ mod tests {
         );
         assert_eq!(first.sha256, second.sha256);
         assert_eq!(first.manifest.format, "deb");
-        assert_eq!(first.manifest.file_count, 5);
+        assert_eq!(first.manifest.file_count, 4);
         assert_eq!(
             first.path.file_name().unwrap(),
             "shop-release-20231114t221320z-0123456_20231114.221320+g0123456_all.deb"
@@ -832,10 +848,10 @@ mod tests {
             names,
             [
                 ("./", 0o755),
-                ("./conffiles", 0o644),
-                ("./control", 0o644),
-                ("./md5sums", 0o644),
-                ("./postinst", 0o755)
+                ("conffiles", 0o644),
+                ("control", 0o644),
+                ("md5sums", 0o644),
+                ("postinst", 0o755)
             ]
         );
         let text = String::from_utf8(control[2].3.clone()).unwrap();
@@ -850,22 +866,18 @@ mod tests {
             "/srv/shop/releases/20231114T221320Z-0123456/config/app.ini\n"
         );
         let md5sums = String::from_utf8(control[3].3.clone()).unwrap();
-        assert!(md5sums.contains(
-            "  srv/shop/releases/20231114T221320Z-0123456/bin/run\n"
-        ));
+        assert!(md5sums.contains("  srv/shop/releases/20231114T221320Z-0123456/bin/run\n"));
         assert!(!md5sums.contains("app.ini"), "conffiles are not in md5sums");
 
         let data = tar_files(&members[2].5);
         assert!(data.iter().all(|d| d.2 == TIME as u64));
         let paths: Vec<&str> = data.iter().map(|d| d.0.as_str()).collect();
-        let release = "./srv/shop/releases/20231114T221320Z-0123456";
+        let release = "srv/shop/releases/20231114T221320Z-0123456";
         assert_eq!(paths[0], "./");
-        assert!(paths.contains(&"./srv/shop/releases/"));
+        assert!(paths.contains(&"srv/shop/releases/"));
         assert!(paths.contains(&format!("{release}/{MANIFEST_NAME}").as_str()));
         assert!(paths.contains(&format!("{release}/bin/run").as_str()));
-        assert!(paths.contains(
-            &"./usr/share/doc/shop-release-20231114t221320z-0123456/copyright"
-        ));
+        assert!(paths.contains(&"usr/share/doc/shop-release-20231114t221320z-0123456/copyright"));
         let run = data
             .iter()
             .find(|d| d.0 == format!("{release}/bin/run"))

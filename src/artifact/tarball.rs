@@ -282,7 +282,10 @@ fn special_kind(file_type: fs::FileType) -> &'static str {
 }
 
 /// First pass: the content hash and file count the manifest will carry.
-pub(super) fn hash_entries(dir: &Path, entries: &[SourceEntry]) -> Result<(String, u64), ArtifactError> {
+pub(super) fn hash_entries(
+    dir: &Path,
+    entries: &[SourceEntry],
+) -> Result<(String, u64), ArtifactError> {
     let mut content = ContentHasher::new();
     for entry in entries {
         content.entry(entry.kind, entry.mode, &entry.rel, data_len(entry));

@@ -37,9 +37,12 @@ pub struct CiArgs {
 
 pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
     let actions = Actions::detect();
-    let event_name = std::env::var("GITHUB_EVENT_NAME").context("GITHUB_EVENT_NAME is not set; `slipway ci` runs inside GitHub Actions")?;
-    let event_path = std::env::var("GITHUB_EVENT_PATH").context("GITHUB_EVENT_PATH is not set; `slipway ci` runs inside GitHub Actions")?;
-    let payload = std::fs::read_to_string(&event_path).with_context(|| format!("reading the event payload {event_path}"))?;
+    let event_name = std::env::var("GITHUB_EVENT_NAME")
+        .context("GITHUB_EVENT_NAME is not set; `slipway ci` runs inside GitHub Actions")?;
+    let event_path = std::env::var("GITHUB_EVENT_PATH")
+        .context("GITHUB_EVENT_PATH is not set; `slipway ci` runs inside GitHub Actions")?;
+    let payload = std::fs::read_to_string(&event_path)
+        .with_context(|| format!("reading the event payload {event_path}"))?;
     let (branch, commit) = match from_event(&event_name, &payload)? {
         EventTrigger::Skip { reason } => return Ok(skip(ctx, actions.as_ref(), &reason)),
         EventTrigger::Push { branch, commit } => (branch, commit),
@@ -63,15 +66,33 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
     let environment = match (override_env, config.environment_for_branch(&branch)) {
         (Some(env), _) => env.clone(),
         (None, Some((env, _))) => env.to_owned(),
-        (None, None) => return Ok(skip(ctx, actions.as_ref(), &format!("`{branch}` deploys to no environment; nothing to do"))),
+        (None, None) => {
+            return Ok(skip(
+                ctx,
+                actions.as_ref(),
+                &format!("`{branch}` deploys to no environment; nothing to do"),
+            ));
+        }
     };
     let env_url = config.environment(&environment)?.url.clone();
-    let loaded = Loaded { repo, commit, config, branch };
-    let github = if args.create_deployment && !args.dry_run { deployments(ctx, actions.as_ref()) } else { None };
+    let loaded = Loaded {
+        repo,
+        commit,
+        config,
+        branch,
+    };
+    let github = if args.create_deployment && !args.dry_run {
+        deployments(ctx, actions.as_ref())
+    } else {
+        None
+    };
     let mut tracker = Tracker::start(github, &loaded, &environment, actions.as_ref()).await;
 
     let recorder = Arc::new(Recorder::default());
-    let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![Arc::clone(&ctx.out) as Arc<dyn Sink>, Arc::clone(&recorder) as Arc<dyn Sink>]));
+    let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![
+        Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        Arc::clone(&recorder) as Arc<dyn Sink>,
+    ]));
     let deploy_args = DeployArgs {
         environment: environment.clone(),
         git_ref: None,
@@ -100,14 +121,29 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         Ok(None) => Outcome::DryRun,
         Err(e) => Outcome::Failed(format!("{e:#}")),
     };
-    tracker.finish(&outcome, env_url.as_deref(), actions.as_ref()).await;
+    tracker
+        .finish(&outcome, env_url.as_deref(), actions.as_ref())
+        .await;
     if let Some(actions) = &actions {
         let release = crate::plan::release_id(&loaded.commit);
         actions.set_output("environment", &environment);
         actions.set_output("release-id", &release);
         actions.set_output("commit", &loaded.commit.id);
-        actions.set_output("deployed", if matches!(outcome, Outcome::Deployed(_)) { "true" } else { "false" });
-        actions.summary(&summary(&loaded, &environment, &release, &outcome, &recorder.events()));
+        actions.set_output(
+            "deployed",
+            if matches!(outcome, Outcome::Deployed(_)) {
+                "true"
+            } else {
+                "false"
+            },
+        );
+        actions.summary(&summary(
+            &loaded,
+            &environment,
+            &release,
+            &outcome,
+            &recorder.events(),
+        ));
         if let Outcome::Failed(message) = &outcome {
             actions.error(None, "slipway deploy failed", message);
         }
@@ -156,10 +192,18 @@ fn annotate_config_error(ctx: &Context, actions: Option<&Actions>, e: &anyhow::E
 /// Every value the config names as secret: deploy secrets and notifier
 /// credentials (`*_env` keys).
 fn secret_values(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = config.environments.values().flat_map(|e| e.secrets.clone()).collect();
+    let mut names: Vec<String> = config
+        .environments
+        .values()
+        .flat_map(|e| e.secrets.clone())
+        .collect();
     collect_env_keys(&config.notify, &mut names);
     names.push("SLIPWAY_GITHUB_TOKEN".to_owned());
-    names.iter().filter_map(|n| std::env::var(n).ok()).filter(|v| !v.is_empty()).collect()
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 fn collect_env_keys(table: &toml::Table, names: &mut Vec<String>) {
@@ -173,9 +217,12 @@ fn collect_env_keys(table: &toml::Table, names: &mut Vec<String>) {
 }
 
 fn deployments(ctx: &Context, actions: Option<&Actions>) -> Option<Deployments> {
-    let token = ["SLIPWAY_GITHUB_TOKEN", "GITHUB_TOKEN"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
+    let token = ["SLIPWAY_GITHUB_TOKEN", "GITHUB_TOKEN"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
     let repository = std::env::var("GITHUB_REPOSITORY").ok()?;
-    let api = std::env::var("GITHUB_API_URL").unwrap_or_else(|_| "https://api.github.com".to_owned());
+    let api =
+        std::env::var("GITHUB_API_URL").unwrap_or_else(|_| "https://api.github.com".to_owned());
     match Deployments::new(&api, &repository, &token) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -199,9 +246,19 @@ struct Tracker {
 }
 
 impl Tracker {
-    async fn start(github: Option<Deployments>, loaded: &Loaded, environment: &str, actions: Option<&Actions>) -> Self {
+    async fn start(
+        github: Option<Deployments>,
+        loaded: &Loaded,
+        environment: &str,
+        actions: Option<&Actions>,
+    ) -> Self {
         let log_url = run_url();
-        let Some(client) = github else { return Self { github: None, log_url } };
+        let Some(client) = github else {
+            return Self {
+                github: None,
+                log_url,
+            };
+        };
         let release = crate::plan::release_id(&loaded.commit);
         let request = NewDeployment {
             commit: &loaded.commit.id,
@@ -216,25 +273,51 @@ impl Tracker {
         let id = match client.create(&request).await {
             Ok(id) => id,
             Err(e) => {
-                warn_plain(actions, &format!("{e}; deploying without a GitHub deployment"));
-                return Self { github: None, log_url };
+                warn_plain(
+                    actions,
+                    &format!("{e}; deploying without a GitHub deployment"),
+                );
+                return Self {
+                    github: None,
+                    log_url,
+                };
             }
         };
-        let status = NewStatus { state: "in_progress", log_url: log_url.as_deref(), environment_url: None, description: description("rolling out") };
+        let status = NewStatus {
+            state: "in_progress",
+            log_url: log_url.as_deref(),
+            environment_url: None,
+            description: description("rolling out"),
+        };
         if let Err(e) = client.status(id, &status).await {
             warn_plain(actions, &e.to_string());
         }
-        Self { github: Some((client, id)), log_url }
+        Self {
+            github: Some((client, id)),
+            log_url,
+        }
     }
 
-    async fn finish(&mut self, outcome: &Outcome, env_url: Option<&str>, actions: Option<&Actions>) {
-        let Some((client, id)) = &self.github else { return };
+    async fn finish(
+        &mut self,
+        outcome: &Outcome,
+        env_url: Option<&str>,
+        actions: Option<&Actions>,
+    ) {
+        let Some((client, id)) = &self.github else {
+            return;
+        };
         let (state, text) = match outcome {
             Outcome::Deployed(r) => ("success", format!("live: {}", r.release)),
             Outcome::DryRun => ("inactive", "dry run".to_owned()),
             Outcome::Failed(m) => ("failure", m.lines().next().unwrap_or("failed").to_owned()),
         };
-        let status = NewStatus { state, log_url: self.log_url.as_deref(), environment_url: env_url, description: description(&text) };
+        let status = NewStatus {
+            state,
+            log_url: self.log_url.as_deref(),
+            environment_url: env_url,
+            description: description(&text),
+        };
         if let Err(e) = client.status(*id, &status).await {
             warn_plain(actions, &e.to_string());
         }
@@ -257,24 +340,44 @@ fn run_url() -> Option<String> {
 }
 
 /// The job summary: what shipped, where, and how long each phase took.
-fn summary(loaded: &Loaded, environment: &str, release: &str, outcome: &Outcome, events: &[Event]) -> String {
+fn summary(
+    loaded: &Loaded,
+    environment: &str,
+    release: &str,
+    outcome: &Outcome,
+    events: &[Event],
+) -> String {
     use std::fmt::Write as _;
     let mut md = String::new();
     let verdict = match outcome {
-        Outcome::Deployed(r) => format!("✅ live on every host (closed for {:.2}s, total {:.1}s)", r.closed_window.as_secs_f64(), r.duration.as_secs_f64()),
+        Outcome::Deployed(r) => format!(
+            "✅ live on every host (closed for {:.2}s, total {:.1}s)",
+            r.closed_window.as_secs_f64(),
+            r.duration.as_secs_f64()
+        ),
         Outcome::DryRun => "dry run: nothing changed".to_owned(),
         Outcome::Failed(m) => format!("❌ failed: {}", m.lines().next().unwrap_or_default()),
     };
-    let _ = writeln!(md, "### slipway: {} → {environment}\n", loaded.config.app.name);
+    let _ = writeln!(
+        md,
+        "### slipway: {} → {environment}\n",
+        loaded.config.app.name
+    );
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| environment | `{environment}` |");
-    let _ = writeln!(md, "| commit | `{}` {} |", loaded.commit.short, loaded.commit.subject.replace('|', "\\|"));
+    let _ = writeln!(
+        md,
+        "| commit | `{}` {} |",
+        loaded.commit.short,
+        loaded.commit.subject.replace('|', "\\|")
+    );
     let _ = writeln!(md, "| release | `{release}` |");
     let _ = writeln!(md, "| outcome | {verdict} |\n");
     let mut phases: Vec<crate::notify::Phase> = Vec::new();
     let mut hosts: Vec<String> = Vec::new();
     for event in events {
-        if let Event::HostPhase { host, phase, .. } | Event::HostFailed { host, phase, .. } = event {
+        if let Event::HostPhase { host, phase, .. } | Event::HostFailed { host, phase, .. } = event
+        {
             if !phases.contains(phase) {
                 phases.push(*phase);
             }
@@ -286,7 +389,15 @@ fn summary(loaded: &Loaded, environment: &str, release: &str, outcome: &Outcome,
     if hosts.is_empty() {
         return md;
     }
-    let _ = writeln!(md, "| host | {} |", phases.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        md,
+        "| host | {} |",
+        phases
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(md, "|---|{}", "---|".repeat(phases.len()));
     for host in &hosts {
         let cells: Vec<String> = phases
@@ -295,8 +406,14 @@ fn summary(loaded: &Loaded, environment: &str, release: &str, outcome: &Outcome,
                 events
                     .iter()
                     .find_map(|e| match e {
-                        Event::HostPhase { host: h, phase: p, took } if h == host && p == phase => Some(format!("{:.2}s", took.as_secs_f64())),
-                        Event::HostFailed { host: h, phase: p, .. } if h == host && p == phase => Some("❌".to_owned()),
+                        Event::HostPhase {
+                            host: h,
+                            phase: p,
+                            took,
+                        } if h == host && p == phase => Some(format!("{:.2}s", took.as_secs_f64())),
+                        Event::HostFailed {
+                            host: h, phase: p, ..
+                        } if h == host && p == phase => Some("❌".to_owned()),
                         _ => None,
                     })
                     .unwrap_or_default()

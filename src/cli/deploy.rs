@@ -10,6 +10,7 @@ use clap::Args;
 use super::context::{Context, Loaded, deploy_id, deployer};
 use super::exit;
 use crate::artifact::{self, Artifact};
+use crate::config::ArtifactFormat;
 use crate::notify::Sink;
 use crate::pipeline::{self, Target};
 use crate::plan::{self, Plan};
@@ -59,6 +60,26 @@ pub struct BuildArgs {
     /// Where to write the artifact and its manifest.
     #[arg(long, env = "SLIPWAY_OUT", default_value = ".")]
     pub out: PathBuf,
+    /// The artifact format (default: `app.artifact` from slipway.toml).
+    #[arg(long, env = "SLIPWAY_FORMAT", value_enum)]
+    pub format: Option<FormatArg>,
+}
+
+/// `--format` values, spelled as in slipway.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    #[value(name = "tar.gz")]
+    TarGz,
+    Deb,
+}
+
+impl From<FormatArg> for ArtifactFormat {
+    fn from(format: FormatArg) -> Self {
+        match format {
+            FormatArg::TarGz => ArtifactFormat::TarGz,
+            FormatArg::Deb => ArtifactFormat::Deb,
+        }
+    }
 }
 
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
@@ -70,7 +91,11 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
 }
 
 /// Deploys an already loaded commit; the hooks and the demo come here too.
-pub async fn deploy_loaded(ctx: &Context, loaded: &Loaded, args: &DeployArgs) -> anyhow::Result<u8> {
+pub async fn deploy_loaded(
+    ctx: &Context,
+    loaded: &Loaded,
+    args: &DeployArgs,
+) -> anyhow::Result<u8> {
     let sink = Arc::clone(&ctx.out) as Arc<dyn Sink>;
     let report = execute(ctx, loaded, args, sink, &|_| {}).await?;
     Ok(report.map_or(exit::OK, |report| finish(ctx, &report)))
@@ -86,7 +111,14 @@ pub async fn execute(
     stage: &dyn Fn(&str),
 ) -> anyhow::Result<Option<gated::Report>> {
     let env = loaded.config.environment(&args.environment)?;
-    let mut plan = plan::plan(&loaded.config, &args.environment, env, &loaded.branch, &loaded.commit, &deployer());
+    let mut plan = plan::plan(
+        &loaded.config,
+        &args.environment,
+        env,
+        &loaded.branch,
+        &loaded.commit,
+        &deployer(),
+    );
     if let Some(wait) = args.wait {
         plan.lock_wait = wait;
     }
@@ -95,11 +127,28 @@ pub async fn execute(
         return Ok(None);
     }
     let secrets = resolve_secrets(&plan)?;
+    let deploy_id = deploy_id();
+    let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id)?;
+    let sink: Arc<dyn Sink> = match &notifiers {
+        Some(n) => Arc::new(crate::notify::Fanout(vec![
+            sink,
+            Arc::clone(n) as Arc<dyn Sink>,
+        ])),
+        None => sink,
+    };
     stage("build");
-    let workdir = tempfile::Builder::new().prefix("slipway-artifact-").tempdir()?;
+    let workdir = tempfile::Builder::new()
+        .prefix("slipway-artifact-")
+        .tempdir()?;
     let artifact = match &args.artifact {
         Some(path) => prebuilt(path, &plan)?,
-        None => build_for(ctx, loaded, &plan.branch, &plan.release_id, workdir.path())?,
+        None => build_for(
+            ctx,
+            loaded,
+            (&plan.branch, &plan.release_id),
+            (plan.artifact, Some(&plan.deploy_to)),
+            workdir.path(),
+        )?,
     };
     ctx.out.info(&format!(
         "  artifact {} ({} files, sha256 {})",
@@ -118,10 +167,14 @@ pub async fn execute(
             size: artifact.size,
         }),
         secrets,
-        deploy_id: deploy_id(),
+        deploy_id,
         sink,
     };
-    Ok(Some(gated::deploy(&cluster, &rollout).await?))
+    let result = gated::deploy(&cluster, &rollout).await;
+    // The notifiers can only finish once the rollout's sink is gone.
+    drop(rollout);
+    super::notify::finish(ctx, notifiers).await;
+    Ok(Some(result?))
 }
 
 fn finish(ctx: &Context, report: &gated::Report) -> u8 {
@@ -149,8 +202,8 @@ pub fn resolve_secrets(plan: &Plan) -> Result<Secrets, RolloutError> {
 fn build_for(
     ctx: &Context,
     loaded: &Loaded,
-    branch: &str,
-    release_id: &str,
+    (branch, release_id): (&str, &str),
+    (format, deploy_to): (ArtifactFormat, Option<&str>),
     out: &std::path::Path,
 ) -> anyhow::Result<Artifact> {
     let target = Target {
@@ -158,6 +211,8 @@ fn build_for(
         commit: &loaded.commit,
         branch,
         release_id,
+        format,
+        deploy_to,
     };
     let out_console = Arc::clone(&ctx.out);
     let artifact = pipeline::build(&loaded.repo, &target, out, &mut |step, line| {
@@ -168,6 +223,11 @@ fn build_for(
 
 /// A prebuilt artifact must be the build of the commit being deployed.
 fn prebuilt(path: &std::path::Path, plan: &Plan) -> anyhow::Result<Artifact> {
+    anyhow::ensure!(
+        plan.artifact == ArtifactFormat::TarGz,
+        "deploying a prebuilt .deb ({}) is not supported yet; deploy without --artifact and slipway builds the package",
+        path.display()
+    );
     let artifact = artifact::open(path)?;
     anyhow::ensure!(
         artifact.manifest.commit == plan.commit.id && artifact.manifest.app == plan.app,
@@ -188,9 +248,18 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
     if args.to.is_none()
         && let Ok(in_progress) = canary::current(&cluster, &args.environment).await
     {
-        let rollout = canary_rollout(ctx, &loaded, &args.environment, &in_progress, Action::Rollback)?;
+        let rollout = canary_rollout(
+            ctx,
+            &loaded,
+            &args.environment,
+            &in_progress,
+            Action::Rollback,
+        )?;
         let report = canary::revert(&cluster, &rollout, &in_progress).await?;
-        ctx.out.result(&format!("canary of {} reverted; hosts back on {}", in_progress.release, report.release));
+        ctx.out.result(&format!(
+            "canary of {} reverted; hosts back on {}",
+            in_progress.release, report.release
+        ));
         return Ok(exit::OK);
     }
     let states = cluster.read_state().await?;
@@ -248,16 +317,34 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
 }
 
 /// A rollout that switches hosts to (or away from) a canary's release.
-fn canary_rollout(ctx: &Context, loaded: &Loaded, environment: &str, in_progress: &CanaryState, action: Action) -> anyhow::Result<Rollout> {
+fn canary_rollout(
+    ctx: &Context,
+    loaded: &Loaded,
+    environment: &str,
+    in_progress: &CanaryState,
+    action: Action,
+) -> anyhow::Result<Rollout> {
     let env = loaded.config.environment(environment)?;
     let commit = Commit {
         id: in_progress.commit.clone(),
-        short: in_progress.release.rsplit('-').next().unwrap_or_default().to_owned(),
+        short: in_progress
+            .release
+            .rsplit('-')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
         time: 0,
         subject: format!("canary {}", in_progress.release),
         author: String::new(),
     };
-    let mut plan = plan::plan(&loaded.config, environment, env, &loaded.branch, &commit, &deployer());
+    let mut plan = plan::plan(
+        &loaded.config,
+        environment,
+        env,
+        &loaded.branch,
+        &commit,
+        &deployer(),
+    );
     plan.release_id.clone_from(&in_progress.release);
     Ok(Rollout {
         plan: Arc::new(plan),
@@ -275,12 +362,19 @@ pub async fn promote(ctx: &Context, args: &super::inspect::EnvArgs) -> anyhow::R
     let env = loaded.config.environment(&args.environment)?;
     let cluster = ctx.connect(env).await?;
     let in_progress = canary::current(&cluster, &args.environment).await?;
-    let rollout = canary_rollout(ctx, &loaded, &args.environment, &in_progress, Action::Promote)?;
+    let rollout = canary_rollout(
+        ctx,
+        &loaded,
+        &args.environment,
+        &in_progress,
+        Action::Promote,
+    )?;
     let report = canary::promote(&cluster, &rollout, &in_progress).await?;
     for warning in &report.warnings {
         ctx.out.warn(warning);
     }
-    ctx.out.result(&format!("promoted {} to every host", report.release));
+    ctx.out
+        .result(&format!("promoted {} to every host", report.release));
     Ok(exit::OK)
 }
 
@@ -302,7 +396,26 @@ pub fn build(ctx: &Context, args: &BuildArgs) -> anyhow::Result<u8> {
         config,
         branch: branch.clone(),
     };
-    let artifact = build_for(ctx, &loaded, &branch, &release_id, &args.out)?;
+    let format = args
+        .format
+        .map_or(loaded.config.app.artifact, ArtifactFormat::from);
+    // A package installs under deploy_to: the environment this branch
+    // deploys to, or the one path every environment shares.
+    let deploy_to = match loaded.config.environment_for_branch(&branch) {
+        Some((_, env)) => Some(env.deploy_to.clone()),
+        None => {
+            let mut paths = loaded.config.environments.values().map(|e| &e.deploy_to);
+            let first = paths.next().cloned();
+            first.filter(|f| paths.all(|p| p == f))
+        }
+    };
+    let artifact = build_for(
+        ctx,
+        &loaded,
+        (&branch, &release_id),
+        (format, deploy_to.as_deref()),
+        &args.out,
+    )?;
     ctx.out
         .result(&format!("{}  {}", artifact.sha256, artifact.path.display()));
     Ok(exit::OK)

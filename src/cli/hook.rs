@@ -74,17 +74,28 @@ pub async fn hook(ctx: &Context, command: HookCommand) -> anyhow::Result<u8> {
 
 fn read_updates() -> anyhow::Result<Vec<RefUpdate>> {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).context("reading the hook's input")?;
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the hook's input")?;
     Ok(trigger::parse_receive(&input)?)
 }
 
 /// `git push -o slipway.dry-run` / `-o slipway.skip-deploy`.
 fn push_options() -> Vec<String> {
-    let count = std::env::var("GIT_PUSH_OPTION_COUNT").ok().and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
-    (0..count).filter_map(|i| std::env::var(format!("GIT_PUSH_OPTION_{i}")).ok()).collect()
+    let count = std::env::var("GIT_PUSH_OPTION_COUNT")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(0);
+    (0..count)
+        .filter_map(|i| std::env::var(format!("GIT_PUSH_OPTION_{i}")).ok())
+        .collect()
 }
 
-fn config_of(ctx: &Context, repo: &Repo, commit: &str) -> anyhow::Result<Option<crate::config::Config>> {
+fn config_of(
+    ctx: &Context,
+    repo: &Repo,
+    commit: &str,
+) -> anyhow::Result<Option<crate::config::Config>> {
     let commit = repo.resolve(commit)?;
     match repo.read_file(&commit.id, &ctx.config_path)? {
         None => Ok(None),
@@ -98,16 +109,26 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
     let repo = ctx.open_repo()?;
     let mut code = exit::OK;
     for update in &updates {
-        let config = if update.is_delete() { None } else { config_of(ctx, &repo, &update.new)? };
+        let config = if update.is_delete() {
+            None
+        } else {
+            config_of(ctx, &repo, &update.new)?
+        };
         let (environment, branch, commit) = match trigger::decide(update, config.as_ref()) {
             Decision::Skip { reason } => {
                 ctx.out.result(&format!("slipway: {reason}"));
                 continue;
             }
-            Decision::Deploy { environment, branch, commit } => (environment, branch, commit),
+            Decision::Deploy {
+                environment,
+                branch,
+                commit,
+            } => (environment, branch, commit),
         };
         if options.iter().any(|o| o == "slipway.skip-deploy") {
-            ctx.out.result(&format!("slipway: `{branch}` → {environment}: skipped (push option slipway.skip-deploy)"));
+            ctx.out.result(&format!(
+                "slipway: `{branch}` → {environment}: skipped (push option slipway.skip-deploy)"
+            ));
             continue;
         }
         let deploy_args = DeployArgs {
@@ -128,10 +149,17 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
             continue;
         }
         let commit = repo.resolve(&commit)?;
-        let loaded = Loaded { config: ctx.config_at(&repo, &commit)?, repo: Repo::open(&ctx.repo)?, commit, branch };
+        let loaded = Loaded {
+            config: ctx.config_at(&repo, &commit)?,
+            repo: Repo::open(&ctx.repo)?,
+            commit,
+            branch,
+        };
         let result = deploy_loaded(ctx, &loaded, &deploy_args).await;
         match result {
-            Ok(_) if deploy_args.dry_run => ctx.out.result("slipway: dry run (push option slipway.dry-run); nothing deployed"),
+            Ok(_) if deploy_args.dry_run => ctx
+                .out
+                .result("slipway: dry run (push option slipway.dry-run); nothing deployed"),
             Ok(_) => ctx.out.result(&format!(
                 "slipway: {environment} is live on {} ({} host(s))",
                 crate::plan::release_id(&loaded.commit),
@@ -139,7 +167,8 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
             )),
             Err(e) => {
                 code = super::exit_code(&e);
-                ctx.out.result(&format!("slipway: {environment} deploy FAILED: {e:#}"));
+                ctx.out
+                    .result(&format!("slipway: {environment} deploy FAILED: {e:#}"));
             }
         }
     }
@@ -153,9 +182,15 @@ fn detach(ctx: &Context, args: &DeployArgs) -> anyhow::Result<PathBuf> {
     let log_dir = git_dir.join("slipway");
     std::fs::create_dir_all(&log_dir)?;
     let log = log_dir.join(format!("{}.log", args.environment));
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("--repo").arg(&git_dir).arg("--config").arg(&ctx.config_path);
+    cmd.arg("--repo")
+        .arg(&git_dir)
+        .arg("--config")
+        .arg(&ctx.config_path);
     cmd.args(["deploy", &args.environment, "--wait", "1h"]);
     cmd.args(["--ref", args.git_ref.as_deref().unwrap_or_default()]);
     if let Some(branch) = &args.branch {
@@ -190,7 +225,8 @@ fn load_allow_list(ctx: &Context, path: Option<&Path>) -> anyhow::Result<AllowLi
         None => (default, false),
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("the allow-list {} is invalid", path.display())),
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("the allow-list {} is invalid", path.display())),
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(AllowList::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read the allow-list {}", path.display())),
     }
@@ -210,7 +246,9 @@ fn pre_receive(ctx: &Context, args: &PreReceiveArgs) -> anyhow::Result<u8> {
     let who = pusher();
     let mut refused = Vec::new();
     for update in &updates {
-        let Some(branch) = update.branch() else { continue };
+        let Some(branch) = update.branch() else {
+            continue;
+        };
         if let Err(why) = check_update(ctx, &repo, &allow, who.as_deref(), update, branch) {
             refused.push(format!("{branch}: {why:#}"));
         }
@@ -234,8 +272,12 @@ fn check_update(
 ) -> anyhow::Result<()> {
     if let Some(allowed) = allow.branches.get(branch) {
         match who {
-            None => bail!("this branch is protected and the pusher's identity is unknown (GL_USER, SLIPWAY_USER or REMOTE_USER must be set by the git server)"),
-            Some(user) if !allowed.iter().any(|a| a == user) => bail!("{user} may not push to this branch"),
+            None => bail!(
+                "this branch is protected and the pusher's identity is unknown (GL_USER, SLIPWAY_USER or REMOTE_USER must be set by the git server)"
+            ),
+            Some(user) if !allowed.iter().any(|a| a == user) => {
+                bail!("{user} may not push to this branch")
+            }
             Some(_) => {}
         }
     }
@@ -255,7 +297,10 @@ fn check_update(
             Err(_) => {}
         }
     }
-    if allow.refuse_non_fast_forward.iter().any(|b| b == branch) && !update.is_create() && !is_ancestor(&update.old, &update.new)? {
+    if allow.refuse_non_fast_forward.iter().any(|b| b == branch)
+        && !update.is_create()
+        && !is_ancestor(&update.old, &update.new)?
+    {
         bail!("not a fast-forward; this branch only moves forward (merge or rebase onto it)");
     }
     Ok(())
@@ -286,7 +331,11 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding the slipway binary")?;
     let bin_line = format!(
         "SLIPWAY_BIN=\"${{SLIPWAY_BIN:-{}}}\"",
-        exe.display().to_string().replace('"', "\\\"").replace('$', "\\$").replace('`', "\\`")
+        exe.display()
+            .to_string()
+            .replace('"', "\\\"")
+            .replace('$', "\\$")
+            .replace('`', "\\`")
     );
     for (name, text) in [("post-receive", POST_RECEIVE), ("pre-receive", PRE_RECEIVE)] {
         let path = hooks.join(name);
@@ -294,9 +343,17 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
             && !existing.contains(MARKER)
         {
             let user = hooks.join(format!("{name}.user"));
-            anyhow::ensure!(!user.exists(), "{} and {} both exist; merge them by hand", path.display(), user.display());
+            anyhow::ensure!(
+                !user.exists(),
+                "{} and {} both exist; merge them by hand",
+                path.display(),
+                user.display()
+            );
             std::fs::rename(&path, &user)?;
-            ctx.out.info(&format!("kept your existing {name} hook as {}", user.display()));
+            ctx.out.info(&format!(
+                "kept your existing {name} hook as {}",
+                user.display()
+            ));
         }
         let script = text.replace("SLIPWAY_BIN=\"${SLIPWAY_BIN:-slipway}\"", &bin_line);
         let tmp = hooks.join(format!(".{name}.slipway"));
@@ -304,7 +361,10 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
         set_executable(&tmp)?;
         std::fs::rename(&tmp, &path)?;
     }
-    ctx.out.result(&format!("installed slipway's pre-receive and post-receive hooks in {}", hooks.display()));
+    ctx.out.result(&format!(
+        "installed slipway's pre-receive and post-receive hooks in {}",
+        hooks.display()
+    ));
     Ok(exit::OK)
 }
 

@@ -47,7 +47,10 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
                     });
                 }
                 if let Some(Ok(canary)) = &state.canary {
-                    parts.push(format!("canary of {} in progress (since {})", canary.release, canary.since));
+                    parts.push(format!(
+                        "canary of {} in progress (since {})",
+                        canary.release, canary.since
+                    ));
                 }
                 if let Some(journal) = &state.journal {
                     code = exit::ATTENTION;
@@ -65,6 +68,34 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         ctx.out.result(&line);
     }
     Ok(code)
+}
+
+#[derive(Debug, Args)]
+pub struct NginxArgs {
+    /// The environment, as named in slipway.toml.
+    pub environment: String,
+    /// The directory inside a release that nginx serves.
+    #[arg(long, default_value = "public")]
+    pub public: String,
+    /// Seconds clients (and CDNs) are told to wait while the cluster is closed.
+    #[arg(long, default_value_t = 30)]
+    pub retry_after: u32,
+}
+
+/// Prints the nginx snippet for each host (paths differ for `local:` hosts).
+pub async fn nginx(ctx: &Context, args: &NginxArgs) -> anyhow::Result<u8> {
+    let loaded = ctx.load(&args.environment, None)?;
+    let env = loaded.config.environment(&args.environment)?;
+    let cluster = ctx.connect(env).await?;
+    let mut seen = Vec::new();
+    for host in &cluster.hosts {
+        let snippet = host.layout.nginx_snippet(&args.public, args.retry_after);
+        if !seen.contains(&snippet) {
+            ctx.out.result(&format!("# for {}\n{snippet}", host.name()));
+            seen.push(snippet);
+        }
+    }
+    Ok(exit::OK)
 }
 
 pub async fn releases(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {

@@ -9,9 +9,10 @@ mod actions;
 mod ci;
 mod context;
 mod demo;
-mod hook;
 mod deploy;
+mod hook;
 mod inspect;
+mod notify;
 mod output;
 
 use std::path::PathBuf;
@@ -129,6 +130,9 @@ pub enum Command {
     Build(deploy::BuildArgs),
     /// Validate the config file of a commit.
     Check(inspect::CheckArgs),
+    /// Print the nginx snippet that serves the live release and answers 503
+    /// with Retry-After while the cluster is closed.
+    Nginx(inspect::NginxArgs),
     /// Undo a rollout that was interrupted (slipway killed, host lost):
     /// every host it touched goes back to its previous release and opens.
     Recover(inspect::EnvArgs),
@@ -142,6 +146,18 @@ pub enum Command {
     Hook(hook::HookCommand),
     /// Run a full gated rollout to three local hosts, with no setup.
     Demo(demo::DemoArgs),
+    /// Check the chat, monitoring and CDN notifiers of `[notify]`.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test message to every notifier of an environment; exit 1 if one fails.
+    Test {
+        /// The environment whose notifiers to test.
+        environment: String,
+    },
 }
 
 /// Runs slipway as a process.
@@ -176,11 +192,15 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Status(args) => inspect::status(ctx, &args).await,
         Command::Releases(args) => inspect::releases(ctx, &args).await,
         Command::Check(args) => inspect::check(ctx, &args),
+        Command::Nginx(args) => inspect::nginx(ctx, &args).await,
         Command::Recover(args) => inspect::recover(ctx, &args).await,
         Command::Unlock(args) => inspect::unlock(ctx, &args).await,
         Command::Ci(args) => ci::ci(ctx, &args).await,
         Command::Hook(command) => hook::hook(ctx, command).await,
         Command::Demo(args) => demo::demo(ctx, args).await,
+        Command::Notify(NotifyCommand::Test { environment }) => {
+            notify::notify_test(ctx, &environment).await
+        }
     }
 }
 
@@ -190,6 +210,8 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         return rollout.exit_code();
     }
     if e.downcast_ref::<crate::config::ConfigError>().is_some()
+        || e.downcast_ref::<crate::notify::NotifyConfigError>()
+            .is_some()
         || e.downcast_ref::<crate::config::UnknownEnvironment>()
             .is_some()
     {

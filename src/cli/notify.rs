@@ -97,10 +97,10 @@ pub async fn finish(ctx: &Context, notifiers: Option<Arc<Notifiers>>) {
 fn warn(ctx: &Context, reports: &[Delivery]) {
     for report in reports.iter().filter(|r| !r.ok) {
         ctx.out.warn(&format!(
-            "notifier {} failed: {} ({})",
+            "notifier {} failed: {}: {}",
             report.notifier,
-            report.error.as_deref().unwrap_or("unknown error"),
-            report.event
+            report.event,
+            report.error.as_deref().unwrap_or("unknown error")
         ));
     }
 }

@@ -97,12 +97,18 @@ impl Sink for Console {
                 closed_window,
                 duration,
                 ..
-            } => self.info(&format!(
-                "==> live: {release} on every host (was {}); closed for {:.2}s, total {:.1}s",
-                previous.as_deref().unwrap_or("nothing"),
-                closed_window.as_secs_f64(),
-                duration.as_secs_f64()
-            )),
+            } => {
+                let closed = if closed_window.is_zero() {
+                    "never closed".to_owned()
+                } else {
+                    format!("closed for {:.2}s", closed_window.as_secs_f64())
+                };
+                self.info(&format!(
+                    "==> live: {release} (was {}); {closed}, total {:.1}s",
+                    previous.as_deref().unwrap_or("nothing"),
+                    duration.as_secs_f64()
+                ));
+            }
             Event::Failed { .. } => {}
         }
     }

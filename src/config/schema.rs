@@ -21,6 +21,9 @@ pub struct Config {
     pub shared: Shared,
     #[serde(default)]
     pub environments: BTreeMap<String, Environment>,
+    /// Debian package settings, used when `app.artifact` is `"deb"`.
+    #[serde(default)]
+    pub deb: Deb,
     /// Notifier settings; interpreted by `notify/`, kept opaque here so the
     /// config module does not need to know every service.
     #[serde(default)]
@@ -48,6 +51,81 @@ pub enum ArtifactFormat {
     TarGz,
     #[serde(rename = "deb")]
     Deb,
+}
+
+/// `[deb]`: how a release is packaged and installed as a Debian package.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deb {
+    /// Package names are `<prefix>-<release id>`; default `<app>-release`.
+    #[serde(default)]
+    pub package_prefix: Option<String>,
+    /// `Name <email>`; default `<app> deployers <root@localhost>`.
+    #[serde(default)]
+    pub maintainer: Option<String>,
+    #[serde(default)]
+    pub depends: Vec<String>,
+    #[serde(default = "default_architecture")]
+    pub architecture: String,
+    /// Paths relative to the release directory.
+    #[serde(default)]
+    pub conffiles: Vec<String>,
+    #[serde(default)]
+    pub scripts: DebScripts,
+    /// Run dpkg through `sudo -n`.
+    #[serde(default)]
+    pub sudo: bool,
+    /// Extra dpkg options, e.g. `["--admindir=/srv/dpkg"]`.
+    #[serde(default)]
+    pub dpkg_args: Vec<String>,
+}
+
+impl Default for Deb {
+    fn default() -> Self {
+        Self {
+            package_prefix: None,
+            maintainer: None,
+            depends: Vec::new(),
+            architecture: default_architecture(),
+            conffiles: Vec::new(),
+            scripts: DebScripts::default(),
+            sudo: false,
+            dpkg_args: Vec::new(),
+        }
+    }
+}
+
+fn default_architecture() -> String {
+    "all".to_owned()
+}
+
+/// Maintainer scripts: paths in the built tree (relative to the repository).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebScripts {
+    #[serde(default)]
+    pub preinst: Option<String>,
+    #[serde(default)]
+    pub postinst: Option<String>,
+    #[serde(default)]
+    pub prerm: Option<String>,
+    #[serde(default)]
+    pub postrm: Option<String>,
+}
+
+impl DebScripts {
+    /// `(name, path)` of each configured script.
+    pub fn list(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("preinst", &self.preinst),
+            ("postinst", &self.postinst),
+            ("prerm", &self.prerm),
+            ("postrm", &self.postrm),
+        ]
+        .into_iter()
+        .filter_map(|(name, path)| path.as_deref().map(|p| (name, p)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -150,7 +228,13 @@ impl Environment {
     /// Every host the environment deploys to: canaries first, then `hosts`.
     pub fn all_hosts(&self) -> Vec<String> {
         let mut all: Vec<String> = self.canary.iter().flat_map(|c| c.hosts.clone()).collect();
-        all.extend(self.hosts.iter().filter(|h| !all.contains(h)).cloned().collect::<Vec<_>>());
+        all.extend(
+            self.hosts
+                .iter()
+                .filter(|h| !all.contains(h))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         all
     }
 }
@@ -169,13 +253,13 @@ impl Default for Share {
 }
 
 impl Share {
-    /// How many of `n` hosts this is.
+    /// How many of `n` hosts this is (rounded up; `0` and `"0%"` are none).
     pub fn of(self, n: usize) -> usize {
         let k = match self {
             Self::Hosts(k) => k,
             Self::Percent(p) => (n * usize::from(p)).div_ceil(100),
         };
-        k.clamp(1, n.max(1))
+        k.min(n)
     }
 }
 
@@ -187,12 +271,23 @@ impl<'de> Deserialize<'de> for Share {
             Count(i64),
             Text(String),
         }
-        let bad = || serde::de::Error::custom("expected a number of hosts (e.g. 2) or a share (e.g. \"34%\")");
+        let bad = || {
+            serde::de::Error::custom(
+                "expected a number of hosts (e.g. 2) or a share (e.g. \"34%\")",
+            )
+        };
         match Raw::deserialize(d)? {
-            Raw::Count(n) if n >= 1 => Ok(Self::Hosts(usize::try_from(n).map_err(|_| bad())?)),
+            Raw::Count(n) if n >= 0 => Ok(Self::Hosts(usize::try_from(n).map_err(|_| bad())?)),
             Raw::Text(t) => {
-                let p: u8 = t.strip_suffix('%').and_then(|p| p.trim().parse().ok()).ok_or_else(bad)?;
-                if (1..=100).contains(&p) { Ok(Self::Percent(p)) } else { Err(bad()) }
+                let p: u8 = t
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse().ok())
+                    .ok_or_else(bad)?;
+                if p <= 100 {
+                    Ok(Self::Percent(p))
+                } else {
+                    Err(bad())
+                }
             }
             Raw::Count(_) => Err(bad()),
         }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::error::KeyPath;
 use super::locate::Locator;
-use super::schema::{App, Build, Config, Environment, Health, Shared, StartStop};
+use super::schema::{App, Build, Config, Deb, Environment, Health, Shared, StartStop};
 
 /// One broken rule: which key, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,7 @@ pub(crate) fn validate(config: &Config, locator: &Locator<'_>) -> Vec<Issue> {
     check_app(&config.app, &root.key("app"), &mut issues);
     check_build(&config.build, &root.key("build"), &mut issues);
     check_shared(&config.shared, &root.key("shared"), &mut issues);
+    check_deb(&config.deb, &config.app.name, &root.key("deb"), &mut issues);
     let envs = root.key("environments");
     for (name, env) in &config.environments {
         check_environment(name, env, &envs.key(name), &mut issues);
@@ -142,6 +143,76 @@ fn check_shared(shared: &Shared, path: &KeyPath, issues: &mut Issues) {
             } else {
                 seen.insert(entry, i);
             }
+        }
+    }
+}
+
+/// `[deb]` values end up in control files (line-based) and dpkg command
+/// lines, so they are held to Debian's own syntax.
+fn check_deb(deb: &Deb, app: &str, path: &KeyPath, issues: &mut Issues) {
+    let prefix = deb
+        .package_prefix
+        .clone()
+        .unwrap_or_else(|| crate::artifact::default_package_prefix(app));
+    if !crate::artifact::is_package_name(&prefix) {
+        issues.add(
+            path.key("package_prefix"),
+            format!(
+                "`{prefix}` cannot start a Debian package name; use lowercase letters, digits, `+`, `-` and `.`, starting with a letter or digit"
+            ),
+        );
+    }
+    if let Some(m) = &deb.maintainer
+        && (m.chars().any(char::is_control) || !m.contains('<') || !m.trim_end().ends_with('>'))
+    {
+        issues.add(
+            path.key("maintainer"),
+            format!("`{m:?}` is not a maintainer; write `Name <email>` on one line"),
+        );
+    }
+    if deb.architecture.is_empty()
+        || !deb
+            .architecture
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        issues.add(
+            path.key("architecture"),
+            format!(
+                "`{}` is not a Debian architecture; use e.g. `all` or `amd64`",
+                deb.architecture
+            ),
+        );
+    }
+    for (i, dep) in deb.depends.iter().enumerate() {
+        if dep.trim().is_empty() || dep.contains(',') || dep.chars().any(char::is_control) {
+            issues.add(
+                path.key("depends").index(i),
+                format!("`{dep:?}` must be one dependency on one line; list each separately, without `,`"),
+            );
+        }
+    }
+    let inside = |p: &str| {
+        format!(
+            "`{p:?}` must be a path inside the release: relative, without `..` or control characters"
+        )
+    };
+    for (i, file) in deb.conffiles.iter().enumerate() {
+        if relative_path_problem(file).is_some() {
+            issues.add(path.key("conffiles").index(i), inside(file));
+        }
+    }
+    for (name, script) in deb.scripts.list() {
+        if relative_path_problem(script).is_some() {
+            issues.add(path.key("scripts").key(name), inside(script));
+        }
+    }
+    for (i, arg) in deb.dpkg_args.iter().enumerate() {
+        if !arg.starts_with("--") || arg.chars().any(char::is_control) {
+            issues.add(
+                path.key("dpkg_args").index(i),
+                format!("`{arg:?}` must be a long dpkg option such as `--admindir=/path`"),
+            );
         }
     }
 }

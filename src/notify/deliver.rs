@@ -145,10 +145,12 @@ impl Redactor {
     }
 }
 
-/// `https://hooks.slack.com` for any URL: how errors name a target.
+/// `https://hooks.slack.com` (or `http://127.0.0.1:8080`) for any URL: how
+/// errors name a target.
 pub fn origin(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")),
+        // Scheme, host and port: the path and query may hold a token.
+        Ok(u) => u.origin().ascii_serialization(),
         Err(_) => "the configured URL".to_owned(),
     }
 }

@@ -67,18 +67,30 @@ impl Deployments {
         if repository.split('/').filter(|p| !p.is_empty()).count() != 2 {
             return Err(GitHubError::Repository(repository.to_owned()));
         }
-        let client_err = |reason: String| GitHubError::Client { url: api_url.to_owned(), reason };
+        let client_err = |reason: String| GitHubError::Client {
+            url: api_url.to_owned(),
+            reason,
+        };
         let client = octocrab::Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| client_err(e.to_string()))?
             .personal_token(token.to_owned())
-            .add_header(http::header::ACCEPT, "application/vnd.github+json".to_owned())
-            .add_header(http::HeaderName::from_static("x-github-api-version"), API_VERSION.to_owned())
+            .add_header(
+                http::header::ACCEPT,
+                "application/vnd.github+json".to_owned(),
+            )
+            .add_header(
+                http::HeaderName::from_static("x-github-api-version"),
+                API_VERSION.to_owned(),
+            )
             .set_connect_timeout(Some(Duration::from_secs(5)))
             .set_read_timeout(Some(Duration::from_secs(15)))
             .build()
             .map_err(|e| client_err(e.to_string()))?;
-        Ok(Self { client, repository: repository.to_owned() })
+        Ok(Self {
+            client,
+            repository: repository.to_owned(),
+        })
     }
 
     /// Creates a deployment; returns its id.
@@ -101,11 +113,12 @@ impl Deployments {
     /// When GitHub refuses or cannot be reached.
     pub async fn status(&self, id: u64, status: &NewStatus<'_>) -> Result<(), GitHubError> {
         let route = format!("/repos/{}/deployments/{id}/statuses", self.repository);
-        let _: serde_json::Value = self
-            .client
-            .post(&route, Some(status))
-            .await
-            .map_err(|e| api_error(&format!("setting the deployment status to {}", status.state), &e))?;
+        let _: serde_json::Value = self.client.post(&route, Some(status)).await.map_err(|e| {
+            api_error(
+                &format!("setting the deployment status to {}", status.state),
+                &e,
+            )
+        })?;
         Ok(())
     }
 }
@@ -126,7 +139,10 @@ fn api_error(what: &str, e: &octocrab::Error) -> GitHubError {
             text
         }
     };
-    GitHubError::Api { what: what.to_owned(), reason }
+    GitHubError::Api {
+        what: what.to_owned(),
+        reason,
+    }
 }
 
 /// GitHub limits a status description to 140 characters.

@@ -19,8 +19,8 @@ use super::gated::prepare;
 use super::state::{Action, CanaryState, HostState, now};
 use super::steps::{self, PerHost, Report, Rollout, by_host};
 use super::{Cluster, RolloutError, lock};
-use crate::notify::{Event, Phase};
 use crate::config::Share;
+use crate::notify::{Event, Phase};
 
 /// A deploy must not start over a canary: the hosts would end up on three
 /// releases, and the canary's record of what to roll back to would lie.
@@ -37,7 +37,11 @@ pub fn refuse_canary(states: &[HostState], environment: &str) -> Result<(), Roll
     }
 }
 
-pub(super) async fn canary(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Report, RolloutError> {
+pub(super) async fn canary(
+    cluster: &Cluster,
+    r: &Rollout,
+    started: Instant,
+) -> Result<Report, RolloutError> {
     let (previous, _states) = prepare(cluster, r).await?;
     if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action)
         && let Err(failure) = steps::run_hook(cluster, r, hook).await
@@ -45,21 +49,47 @@ pub(super) async fn canary(cluster: &Cluster, r: &Rollout, started: Instant) -> 
         return Err(steps::roll_back(cluster, r, &previous, failure).await);
     }
     let settings = r.plan.canary.clone();
-    let canaries: Vec<String> = settings.as_ref().map(|c| c.hosts.clone()).unwrap_or_default();
-    let rest: Vec<String> = cluster.names().into_iter().filter(|h| !canaries.contains(h)).collect();
-    let share = settings.as_ref().map_or(Share::Percent(34), |c| c.share).of(rest.len());
-    let stage1 = if canaries.is_empty() { rest[..1.min(rest.len())].to_vec() } else { canaries.clone() };
-    let stage2: Vec<String> = rest.iter().filter(|h| !stage1.contains(h)).take(share.saturating_sub(usize::from(canaries.is_empty()))).cloned().collect();
-    let switching = Instant::now();
+    let canaries: Vec<String> = settings
+        .as_ref()
+        .map(|c| c.hosts.clone())
+        .unwrap_or_default();
+    let rest: Vec<String> = cluster
+        .names()
+        .into_iter()
+        .filter(|h| !canaries.contains(h))
+        .collect();
+    let share = settings
+        .as_ref()
+        .map_or(Share::Percent(34), |c| c.share)
+        .of(rest.len());
+    let stage1 = if canaries.is_empty() {
+        rest[..1.min(rest.len())].to_vec()
+    } else {
+        canaries.clone()
+    };
+    // Without dedicated canaries the first host is the canary, and counts
+    // towards the share.
+    let stage2: Vec<String> = rest
+        .iter()
+        .filter(|h| !stage1.contains(h))
+        .take(share.saturating_sub(usize::from(canaries.is_empty())))
+        .cloned()
+        .collect();
     let mut switched = Vec::new();
     for (n, hosts) in [(1, &stage1), (2, &stage2)] {
         if hosts.is_empty() {
             continue;
         }
         switched.extend(hosts.iter().cloned());
-        r.sink.emit(&Event::Note { message: format!("canary stage {n}: {}", hosts.join(", ")) });
+        r.sink.emit(&Event::Note {
+            message: format!("canary stage {n}: {}", hosts.join(", ")),
+        });
         if let Err(failure) = check_stage(&cluster.subset(hosts), r, &previous, n == 1).await {
-            let untouched: Vec<String> = cluster.names().into_iter().filter(|h| !switched.contains(h)).collect();
+            let untouched: Vec<String> = cluster
+                .names()
+                .into_iter()
+                .filter(|h| !switched.contains(h))
+                .collect();
             super::rolling::clear_journals(&cluster.subset(&untouched)).await;
             return Err(steps::roll_back(&cluster.subset(&switched), r, &previous, failure).await);
         }
@@ -86,20 +116,31 @@ pub(super) async fn canary(cluster: &Cluster, r: &Rollout, started: Instant) -> 
     Ok(Report {
         release: r.plan.release_id.clone(),
         previous: previous.values().next().cloned().flatten(),
-        closed_window: switching.elapsed(),
+        closed_window: std::time::Duration::ZERO,
         duration: started.elapsed(),
         warnings: Vec::new(),
     })
 }
 
-async fn check_stage(hosts: &Cluster, r: &Rollout, previous: &PerHost<Option<String>>, canaries: bool) -> Result<(), steps::StepFailure> {
+async fn check_stage(
+    hosts: &Cluster,
+    r: &Rollout,
+    previous: &PerHost<Option<String>>,
+    canaries: bool,
+) -> Result<(), steps::StepFailure> {
     steps::background(hosts, r, previous, false).await?;
     steps::switch(hosts, r, previous).await?;
     if let Some(health) = &r.plan.health {
         steps::health_check(hosts, r, health).await?;
     }
     if canaries && let Some(check) = r.plan.canary.as_ref().and_then(|c| c.check.clone()) {
-        let health = crate::config::Health { url: None, command: Some(check), status: 200, timeout: std::time::Duration::from_secs(60), retries: 0 };
+        let health = crate::config::Health {
+            url: None,
+            command: Some(check),
+            status: 200,
+            timeout: std::time::Duration::from_secs(60),
+            retries: 0,
+        };
         steps::health_check(hosts, r, &health).await?;
     }
     steps::background(hosts, r, previous, true).await
@@ -109,7 +150,10 @@ async fn write_record(cluster: &Cluster, record: &CanaryState) -> Result<(), Rol
     let json = serde_json::to_string(record).expect("canary record serialises");
     cluster
         .each(move |host| {
-            let script = host.layout.write_canary(&json).and_then(|s| Ok(s.then(&host.layout.clear_journal()?)));
+            let script = host
+                .layout
+                .write_canary(&json)
+                .and_then(|s| Ok(s.then(&host.layout.clear_journal()?)));
             host.run("recording the canary", script).map(drop)
         })
         .await
@@ -134,24 +178,45 @@ pub async fn current(cluster: &Cluster, environment: &str) -> Result<CanaryState
 ///
 /// # Errors
 /// As a rolling batch: a failure puts the promoted hosts back.
-pub async fn promote(cluster: &Cluster, r: &Rollout, canary: &CanaryState) -> Result<Report, RolloutError> {
+pub async fn promote(
+    cluster: &Cluster,
+    r: &Rollout,
+    canary: &CanaryState,
+) -> Result<Report, RolloutError> {
     let started = Instant::now();
     let me = lock::owner(&r.deploy_id, &r.plan.deployer);
-    lock::acquire(cluster, &r.plan.environment, &me, r.plan.lock_wait, r.sink.as_ref()).await?;
+    lock::acquire(
+        cluster,
+        &r.plan.environment,
+        &me,
+        r.plan.lock_wait,
+        r.sink.as_ref(),
+    )
+    .await?;
     let result = promote_locked(cluster, r, canary, started).await;
     for e in lock::unlock(cluster, &r.deploy_id).await {
-        r.sink.emit(&Event::Note { message: format!("could not release the lock: {e}") });
+        r.sink.emit(&Event::Note {
+            message: format!("could not release the lock: {e}"),
+        });
     }
     result
 }
 
-async fn promote_locked(cluster: &Cluster, r: &Rollout, canary: &CanaryState, started: Instant) -> Result<Report, RolloutError> {
+async fn promote_locked(
+    cluster: &Cluster,
+    r: &Rollout,
+    canary: &CanaryState,
+    started: Instant,
+) -> Result<Report, RolloutError> {
     let states = cluster.read_state().await?;
     steps::require_release(cluster, &states, &canary.release)?;
     let previous: PerHost<Option<String>> = Arc::new(canary.previous.clone());
-    let rest: Vec<String> = cluster.names().into_iter().filter(|h| !canary.switched.contains(h)).collect();
+    let rest: Vec<String> = cluster
+        .names()
+        .into_iter()
+        .filter(|h| !canary.switched.contains(h))
+        .collect();
     let hosts = cluster.subset(&rest);
-    let switching = Instant::now();
     let outcome = async {
         steps::background(&hosts, r, &previous, false).await?;
         steps::switch(&hosts, r, &previous).await?;
@@ -169,7 +234,7 @@ async fn promote_locked(cluster: &Cluster, r: &Rollout, canary: &CanaryState, st
     Ok(Report {
         release: canary.release.clone(),
         previous: previous.values().next().cloned().flatten(),
-        closed_window: switching.elapsed(),
+        closed_window: std::time::Duration::ZERO,
         duration: started.elapsed(),
         warnings,
     })
@@ -179,23 +244,47 @@ async fn promote_locked(cluster: &Cluster, r: &Rollout, canary: &CanaryState, st
 ///
 /// # Errors
 /// When a host cannot be switched back (it is reported, the rest are done).
-pub async fn revert(cluster: &Cluster, r: &Rollout, canary: &CanaryState) -> Result<Report, RolloutError> {
+pub async fn revert(
+    cluster: &Cluster,
+    r: &Rollout,
+    canary: &CanaryState,
+) -> Result<Report, RolloutError> {
     let started = Instant::now();
     let me = lock::owner(&r.deploy_id, &r.plan.deployer);
-    lock::acquire(cluster, &r.plan.environment, &me, r.plan.lock_wait, r.sink.as_ref()).await?;
+    lock::acquire(
+        cluster,
+        &r.plan.environment,
+        &me,
+        r.plan.lock_wait,
+        r.sink.as_ref(),
+    )
+    .await?;
     let previous: PerHost<Option<String>> = Arc::new(canary.previous.clone());
     let switched = cluster.subset(&canary.switched);
-    let error = steps::roll_back(&switched, r, &previous, (Phase::Rollback, "canary reverted".to_owned())).await;
+    let error = steps::roll_back(
+        &switched,
+        r,
+        &previous,
+        (Phase::Rollback, "canary reverted".to_owned()),
+    )
+    .await;
     let cleared = clear_record(cluster).await;
     for e in lock::unlock(cluster, &r.deploy_id).await {
-        r.sink.emit(&Event::Note { message: format!("could not release the lock: {e}") });
+        r.sink.emit(&Event::Note {
+            message: format!("could not release the lock: {e}"),
+        });
     }
     cleared?;
     match error {
         RolloutError::RolledBack { unreachable, .. } if unreachable.is_empty() => Ok(Report {
-            release: previous.values().next().cloned().flatten().unwrap_or_default(),
+            release: previous
+                .values()
+                .next()
+                .cloned()
+                .flatten()
+                .unwrap_or_default(),
             previous: Some(canary.release.clone()),
-            closed_window: started.elapsed(),
+            closed_window: std::time::Duration::ZERO,
             duration: started.elapsed(),
             warnings: Vec::new(),
         }),
@@ -205,7 +294,10 @@ pub async fn revert(cluster: &Cluster, r: &Rollout, canary: &CanaryState) -> Res
 
 async fn clear_record(cluster: &Cluster) -> Result<(), RolloutError> {
     cluster
-        .each(|host| host.run("clearing the canary record", host.layout.clear_canary()).map(drop))
+        .each(|host| {
+            host.run("clearing the canary record", host.layout.clear_canary())
+                .map(drop)
+        })
         .await
         .into_iter()
         .collect()

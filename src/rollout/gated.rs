@@ -71,11 +71,26 @@ pub async fn deploy(cluster: &Cluster, r: &Rollout) -> Result<Report, RolloutErr
 async fn locked(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Report, RolloutError> {
     let me = lock::owner(&r.deploy_id, &r.plan.deployer);
     let lock_started = Instant::now();
-    let taken = lock::acquire(cluster, &r.plan.environment, &me, r.plan.lock_wait, r.sink.as_ref()).await;
+    let taken = lock::acquire(
+        cluster,
+        &r.plan.environment,
+        &me,
+        r.plan.lock_wait,
+        r.sink.as_ref(),
+    )
+    .await;
     for host in &cluster.hosts {
         r.sink.emit(&match &taken {
-            Ok(()) => Event::HostPhase { host: host.name().to_owned(), phase: Phase::Lock, took: lock_started.elapsed() },
-            Err(e) => Event::HostFailed { host: host.name().to_owned(), phase: Phase::Lock, error: e.to_string() },
+            Ok(()) => Event::HostPhase {
+                host: host.name().to_owned(),
+                phase: Phase::Lock,
+                took: lock_started.elapsed(),
+            },
+            Err(e) => Event::HostFailed {
+                host: host.name().to_owned(),
+                phase: Phase::Lock,
+                error: e.to_string(),
+            },
         });
     }
     taken?;
@@ -85,7 +100,9 @@ async fn locked(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Repo
         Strategy::Canary => super::canary::canary(cluster, r, started).await,
     };
     for e in lock::unlock(cluster, &r.deploy_id).await {
-        r.sink.emit(&Event::Note { message: format!("could not release the lock: {e}") });
+        r.sink.emit(&Event::Note {
+            message: format!("could not release the lock: {e}"),
+        });
     }
     result
 }
@@ -120,7 +137,11 @@ async fn gated(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Repor
         return Err(steps::roll_back(cluster, r, &previous, failure).await);
     }
     let mut warnings = Vec::new();
-    if let Err((_, e)) = steps::phase(cluster, r, &previous, Phase::Open, |host| host.layout.open()).await {
+    if let Err((_, e)) = steps::phase(cluster, r, &previous, Phase::Open, |host| {
+        host.layout.open()
+    })
+    .await
+    {
         warnings.push(format!("opening: {e}"));
     }
     let closed_window = closed_at.elapsed();
@@ -145,7 +166,10 @@ async fn switch_over(
     previous: &Arc<std::collections::BTreeMap<String, Option<String>>>,
 ) -> Result<(), steps::StepFailure> {
     steps::background(cluster, r, previous, false).await?;
-    steps::phase(cluster, r, previous, Phase::Close, |host| host.layout.close()).await?;
+    steps::phase(cluster, r, previous, Phase::Close, |host| {
+        host.layout.close()
+    })
+    .await?;
     steps::switch(cluster, r, previous).await?;
     if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action) {
         steps::run_hook(cluster, r, hook).await?;

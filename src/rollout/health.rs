@@ -26,7 +26,7 @@ pub fn check(
     dir: &str,
     env: &[(String, String)],
 ) -> Result<(), RolloutError> {
-    let mut last = String::new();
+    let mut last = Attempt::Answer(String::new());
     for attempt in 0..=health.retries {
         if attempt > 0 {
             std::thread::sleep(BETWEEN_ATTEMPTS);
@@ -36,6 +36,11 @@ pub fn check(
             Err(why) => last = why,
         }
     }
+    let last = match last {
+        // The host itself is gone: say so, not "the check failed".
+        Attempt::Transport(e) => return Err(e.into()),
+        Attempt::Answer(text) => text,
+    };
     Err(TransportError::Failed {
         host: host.name().to_owned(),
         what: format!("the health check (after {} attempts)", health.retries + 1),
@@ -45,24 +50,42 @@ pub fn check(
     .into())
 }
 
+/// Why one attempt failed.
+enum Attempt {
+    /// The check ran and said no (exit status, HTTP status).
+    Answer(String),
+    /// The host could not be reached or did not answer in time.
+    Transport(TransportError),
+}
+
 fn attempt_once(
     host: &Host,
     health: &Health,
     dir: &str,
     env: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<(), Attempt> {
     if let Some(command) = &health.command {
         let script = host
             .layout
             .user_command(dir, env, command)
-            .map_err(|e| e.to_string())?;
-        host.transport
+            .map_err(|e| Attempt::Answer(e.to_string()))?;
+        match host
+            .transport
             .run_with("health command", &script, None, Some(health.timeout))
-            .map_err(|e| e.to_string())?;
+        {
+            Ok(_) => {}
+            Err(TransportError::Failed { tail, code, .. }) => {
+                return Err(Attempt::Answer(format!(
+                    "exit status {}: {tail}",
+                    code.map_or("?".to_owned(), |c| c.to_string())
+                )));
+            }
+            Err(e) => return Err(Attempt::Transport(e)),
+        }
     }
     if let Some(url) = &health.url {
         let url = url.replace("{host}", &address(host.name()));
-        get(&url, health.status, health.timeout)?;
+        get(&url, health.status, health.timeout).map_err(Attempt::Answer)?;
     }
     Ok(())
 }

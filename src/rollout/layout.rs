@@ -17,7 +17,18 @@
 //! the new release, never a missing link; a release directory appears under
 //! its final name only when fully unpacked and linked; symlinks are relative,
 //! so a deploy root can be moved (and `local:` hosts stay self-contained).
+//!
+//! With `artifact = "deb"` ([`Dpkg`]), each release is a Debian package
+//! named after it (`<prefix>-<id>`, see `artifact/deb.rs`) whose files dpkg
+//! installs straight into `releases/<id>/`; the rest of the layout is the
+//! same. `.slipway-artifact` is written only once `dpkg --install` (and its
+//! postinst) succeeded, and a failed install is purged again, so a release
+//! directory still stands for a complete release. Pruning purges a
+//! release's package, then removes what is left of its directory (the env
+//! file, shared links). A `local:` host gets its own dpkg database and log
+//! under its folder (`--instdir`, `--admindir`, `--log`), never the machine's.
 
+use crate::transport::quote::{join, quote};
 use crate::transport::{Script, Unquotable};
 
 /// Exit status of the lock script when another rollout holds the lock.
@@ -49,6 +60,11 @@ impl Layout {
     /// Where the artifact is uploaded before it is verified and unpacked.
     pub fn incoming(&self, sha256: &str) -> String {
         format!("{}/.slipway/incoming/{sha256}.tar.gz", self.root)
+    }
+
+    /// Where a Debian package is uploaded before it is verified and installed.
+    pub fn incoming_deb(&self, sha256: &str) -> String {
+        format!("{}/.slipway/incoming/{sha256}.deb", self.root)
     }
 
     fn start(&self) -> Result<Script, Unquotable> {
@@ -97,6 +113,9 @@ impl Layout {
     /// live release, link shared paths, and write the env file from stdin.
     /// A release already unpacked from the same bytes is reused.
     pub fn stage(&self, stage: &Stage<'_>) -> Result<Script, Unquotable> {
+        if let Some(dpkg) = stage.dpkg {
+            return self.stage_deb(stage, dpkg);
+        }
         let id = stage.release;
         let release = format!("releases/{id}");
         let staging = format!("releases/.{id}.staging");
@@ -142,6 +161,79 @@ impl Layout {
             .cmd(["rm", "-f", &incoming])
     }
 
+    /// [`Layout::stage`] for a Debian package: verify, `dpkg --install`
+    /// (purging it again if that fails), link shared paths, mark it staged,
+    /// write the env file. A package already installed from the same bytes
+    /// is reused.
+    fn stage_deb(&self, stage: &Stage<'_>, dpkg: &Dpkg) -> Result<Script, Unquotable> {
+        let id = stage.release;
+        let release = format!("releases/{id}");
+        let package = dpkg.package(id);
+        let incoming = format!(".slipway/incoming/{}.deb", stage.sha256);
+        let mismatch = format!(
+            "the uploaded package does not match sha256 {}; it was changed or truncated on the way",
+            stage.sha256
+        );
+        let live = format!(
+            "release {id} is live with different content; build it again or deploy another commit"
+        );
+        let failed = format!(
+            "dpkg could not install {package} (see its output above); it was purged again and nothing was switched"
+        );
+        let mut install = Script::new();
+        if let Some(root) = &dpkg.root {
+            // dpkg creates its database but not the log's directory.
+            let admindir = format!("{root}/var/lib/dpkg");
+            let logdir = format!("{root}/var/log");
+            install = install.cmd(["mkdir", "-p", &admindir, &logdir])?;
+        }
+        install = install.line(
+            "if [ -e {} ] && [ \"$(readlink current || true)\" = {} ]; then printf '%s\\n' {} >&2; exit 1; fi",
+            [&release, &release, &live],
+        )?;
+        // A failed postinst leaves a half-configured package and a partly
+        // filled release directory; purge both so no release is left that a
+        // later switch could pick.
+        let text = format!(
+            "{}if ! {}; then\n  if {}; then rm -rf -- {}; fi\n  printf '%s\\n' {} >&2\n  exit 1\nfi\n",
+            install.as_str(),
+            join(dpkg.argv(&["--install", &incoming]))?,
+            join(dpkg.argv(&["--purge", &package]))?,
+            quote(&release)?,
+            quote(&failed)?,
+        );
+        install = Script::from_trusted(text);
+        if dpkg.sudo {
+            // dpkg installs as root; the release must stay the deploy user's
+            // like an unpacked tarball, for the env file and shared links.
+            install = install.line("sudo -n chown -R \"$(id -u):$(id -g)\" -- {}", [&release])?;
+        }
+        install = link_shared(install, &release, stage.shared_dirs, stage.shared_files)?;
+        install = install.line(
+            "printf '%s\\n' {} > {}/.slipway-artifact",
+            [stage.sha256, &release],
+        )?;
+        let script = self
+            .start()?
+            .line(
+                "if ! printf '%s  %s\\n' {} {} | sha256sum -c --status; then printf '%s\\n' {} >&2; exit 65; fi",
+                [stage.sha256, &incoming, &mismatch],
+            )?
+            .line(
+                "if [ -f {}/.slipway-artifact ] && [ \"$(cat {}/.slipway-artifact)\" = {} ]; then echo 'already staged; reusing it'; else :",
+                [&release, &release, stage.sha256],
+            )?;
+        let mut text = script.as_str().to_owned();
+        text.push_str(&indent(install.as_str()));
+        text.push_str("fi\n");
+        Script::from_trusted(text)
+            .line(
+                "(umask 077; cat > {}/.slipway.env.new) && mv -f {}/.slipway.env.new {}/.slipway.env",
+                [&release, &release, &release],
+            )?
+            .cmd(["rm", "-f", &incoming])
+    }
+
     /// Points `current` at `release` (or removes it, for a host that had no
     /// release before) by renaming a new symlink over it.
     pub fn switch(&self, release: Option<&str>, deploy_id: &str) -> Result<Script, Unquotable> {
@@ -169,7 +261,9 @@ impl Layout {
             let path = path.trim_matches('/');
             let from = format!("current/{path}");
             let to = format!("releases/{release}/{path}");
-            let parent = to.rsplit_once('/').map_or_else(|| to.clone(), |(p, _)| p.to_owned());
+            let parent = to
+                .rsplit_once('/')
+                .map_or_else(|| to.clone(), |(p, _)| p.to_owned());
             script = script.line(
                 "if [ -e {} ] && [ \"$(readlink current)\" != {} ]; then rm -rf {} && mkdir -p {} && cp -a {} {}; fi",
                 [&from, &format!("releases/{release}"), &to, &parent, &from, &to],
@@ -262,9 +356,58 @@ impl Layout {
         self.start()?.cmd(argv)
     }
 
+    /// Purges the named releases' packages, then deletes what is left of
+    /// their directories. Purging a package that is not installed (a
+    /// release from before `artifact = "deb"`) only makes dpkg warn.
+    pub fn prune_packages(&self, releases: &[String], dpkg: &Dpkg) -> Result<Script, Unquotable> {
+        let mut script = self.start()?;
+        for id in releases {
+            script = script.cmd(dpkg.argv(&["--purge", &dpkg.package(id)]))?;
+        }
+        let mut argv = vec!["rm".to_owned(), "-rf".to_owned(), "--".to_owned()];
+        argv.extend(releases.iter().map(|id| format!("releases/{id}")));
+        script.cmd(argv)
+    }
+
     /// Forcibly removes a lock left by a rollout that no longer runs.
     pub fn break_lock(&self, deploy_id: &str) -> Result<Script, Unquotable> {
         self.unlock(deploy_id)
+    }
+}
+
+impl Layout {
+    /// An nginx `server {}` fragment for this host: serves
+    /// `current/<public>`, answers 503 with `Retry-After` while the
+    /// maintenance flag exists, and lets health checks (which send
+    /// `X-Slipway-Health`) through so a closed cluster can be checked.
+    /// nginx resolves the `current` symlink on every request (no
+    /// `open_file_cache`), so a switch takes effect at once.
+    pub fn nginx_snippet(&self, public: &str, retry_after: u32) -> String {
+        let public = public.trim_matches('/');
+        let flag = format!("{}/.slipway/maintenance", self.root);
+        let root = if public.is_empty() {
+            self.current()
+        } else {
+            format!("{}/{public}", self.current())
+        };
+        format!(
+            r#"# slipway: serve {root}; 503 + Retry-After while closed for a deploy.
+root {root};
+set $slipway_closed "";
+if (-f {flag}) {{ set $slipway_closed "1"; }}
+if ($http_x_slipway_health) {{ set $slipway_closed ""; }}
+if ($slipway_closed) {{ return 503; }}
+error_page 503 @slipway_closed;
+location @slipway_closed {{
+    add_header Retry-After {retry_after} always;
+    add_header Cache-Control "no-store" always;
+    default_type text/plain;
+    return 503 "Down for a deploy; back in a moment.
+";
+}}
+"#,
+            flag = flag,
+        )
     }
 }
 
@@ -274,6 +417,59 @@ pub struct Stage<'a> {
     pub sha256: &'a str,
     pub shared_dirs: &'a [String],
     pub shared_files: &'a [String],
+    /// Install with dpkg instead of unpacking a tarball.
+    pub dpkg: Option<&'a Dpkg>,
+}
+
+/// How one host installs and purges release packages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dpkg {
+    /// Package names are `<prefix>-<release id, lowercased>`.
+    pub prefix: String,
+    /// Run dpkg through `sudo -n` (never prompting).
+    pub sudo: bool,
+    /// The host's root when it is not the machine's (`local:` hosts); dpkg
+    /// then installs, keeps its database and logs under it.
+    pub root: Option<String>,
+    /// Configured options, after the ones derived from `root`, so they win.
+    pub args: Vec<String>,
+}
+
+impl Dpkg {
+    /// Settings for a host whose root `transport.resolve("/")` is `host_root`.
+    pub fn new(prefix: String, sudo: bool, args: Vec<String>, host_root: &str) -> Self {
+        let trimmed = host_root.trim_end_matches('/');
+        Self {
+            prefix,
+            sudo,
+            root: (!trimmed.is_empty()).then(|| trimmed.to_owned()),
+            args,
+        }
+    }
+
+    pub fn package(&self, release: &str) -> String {
+        crate::artifact::package_name(&self.prefix, release)
+    }
+
+    /// `[sudo -n] dpkg <root options> <configured options> <action...>`.
+    fn argv(&self, action: &[&str]) -> Vec<String> {
+        let mut argv: Vec<String> = Vec::new();
+        if self.sudo {
+            argv.extend(["sudo".to_owned(), "-n".to_owned()]);
+        }
+        argv.push("dpkg".to_owned());
+        if let Some(root) = &self.root {
+            argv.push(format!("--instdir={root}"));
+            argv.push(format!("--admindir={root}/var/lib/dpkg"));
+            argv.push(format!("--log={root}/var/log/dpkg.log"));
+            // Maintainer scripts would otherwise chroot into a folder
+            // without a shell; they get the root as $DPKG_ROOT instead.
+            argv.push("--force-script-chrootless".to_owned());
+        }
+        argv.extend(self.args.iter().cloned());
+        argv.extend(action.iter().map(|a| (*a).to_owned()));
+        argv
+    }
 }
 
 /// Links each shared dir and file into the release being staged, with a

@@ -80,7 +80,12 @@ impl Cluster {
     /// The hosts named in `names`, in cluster order.
     pub fn subset(&self, names: &[String]) -> Self {
         Self {
-            hosts: self.hosts.iter().filter(|h| names.iter().any(|n| n == h.name())).cloned().collect(),
+            hosts: self
+                .hosts
+                .iter()
+                .filter(|h| names.iter().any(|n| n == h.name()))
+                .cloned()
+                .collect(),
             parallel: self.parallel,
         }
     }
@@ -187,8 +192,10 @@ impl From<Panicked> for RolloutError {
 /// Why a rollout did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
+    /// The cause is part of the message, not a `#[source]`, so `{:#}`
+    /// does not print it twice.
     #[error("{0}\nnothing was changed on any host")]
-    Unreachable(#[source] TransportError),
+    Unreachable(TransportError),
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(
@@ -227,8 +234,13 @@ pub enum RolloutError {
     MissingSecret(String),
     #[error("no release to roll back to on {host}: {reason}")]
     NoRollbackTarget { host: String, reason: String },
-    #[error("a canary of {release} is in progress on {environment}; run `slipway promote {environment}` or `slipway rollback {environment}` first")]
-    CanaryInProgress { environment: String, release: String },
+    #[error(
+        "a canary of {release} is in progress on {environment}; run `slipway promote {environment}` or `slipway rollback {environment}` first"
+    )]
+    CanaryInProgress {
+        environment: String,
+        release: String,
+    },
     #[error("no canary is in progress on {0}; nothing to promote")]
     NoCanary(String),
 }

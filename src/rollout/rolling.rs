@@ -17,7 +17,11 @@ use super::steps::{self, Report, Rollout};
 use super::{Cluster, RolloutError};
 use crate::config::OnFailure;
 
-pub(super) async fn rolling(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Report, RolloutError> {
+pub(super) async fn rolling(
+    cluster: &Cluster,
+    r: &Rollout,
+    started: Instant,
+) -> Result<Report, RolloutError> {
     let (previous, states) = prepare(cluster, r).await?;
     if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action)
         && let Err(failure) = steps::run_hook(cluster, r, hook).await
@@ -25,8 +29,8 @@ pub(super) async fn rolling(cluster: &Cluster, r: &Rollout, started: Instant) ->
         return Err(steps::roll_back(cluster, r, &previous, failure).await);
     }
     let names = cluster.names();
-    let per = r.plan.batch.of(names.len());
-    let switching = Instant::now();
+    // A batch of zero hosts would never finish; at least one host per batch.
+    let per = r.plan.batch.of(names.len()).max(1);
     let mut switched: Vec<String> = Vec::new();
     let mut warnings = Vec::new();
     for batch in names.chunks(per) {
@@ -37,8 +41,16 @@ pub(super) async fn rolling(cluster: &Cluster, r: &Rollout, started: Instant) ->
                 OnFailure::RollbackAll => cluster.subset(&switched),
                 OnFailure::RollbackBatch => hosts,
             };
-            let kept: Vec<String> = switched.iter().filter(|h| !batch.contains(h) && r.plan.on_failure == OnFailure::RollbackBatch).cloned().collect();
-            let untouched: Vec<String> = names.iter().filter(|h| !switched.contains(h)).cloned().collect();
+            let kept: Vec<String> = switched
+                .iter()
+                .filter(|h| !batch.contains(h) && r.plan.on_failure == OnFailure::RollbackBatch)
+                .cloned()
+                .collect();
+            let untouched: Vec<String> = names
+                .iter()
+                .filter(|h| !switched.contains(h))
+                .cloned()
+                .collect();
             // Hosts that keep the new release record it; the rest forget the
             // staged rollout; then the failed ones go back.
             steps::record(&cluster.subset(&kept), r, &previous, &states).await;
@@ -46,18 +58,21 @@ pub(super) async fn rolling(cluster: &Cluster, r: &Rollout, started: Instant) ->
             return Err(steps::roll_back(&undo, r, &previous, failure).await);
         }
     }
-    let switch_window = switching.elapsed();
     warnings.extend(steps::record(cluster, r, &previous, &states).await);
     Ok(Report {
         release: r.plan.release_id.clone(),
         previous: previous.values().next().cloned().flatten(),
-        closed_window: switch_window,
+        closed_window: std::time::Duration::ZERO,
         duration: started.elapsed(),
         warnings,
     })
 }
 
-async fn one_batch(hosts: &Cluster, r: &Rollout, previous: &steps::PerHost<Option<String>>) -> Result<(), steps::StepFailure> {
+async fn one_batch(
+    hosts: &Cluster,
+    r: &Rollout,
+    previous: &steps::PerHost<Option<String>>,
+) -> Result<(), steps::StepFailure> {
     steps::background(hosts, r, previous, false).await?;
     steps::switch(hosts, r, previous).await?;
     if let Some(health) = &r.plan.health {
@@ -68,5 +83,7 @@ async fn one_batch(hosts: &Cluster, r: &Rollout, previous: &steps::PerHost<Optio
 
 /// Forgets a staged rollout on hosts it never switched.
 pub(super) async fn clear_journals(cluster: &Cluster) {
-    let _ = cluster.each(|host| host.run("clearing the journal", host.layout.clear_journal())).await;
+    let _ = cluster
+        .each(|host| host.run("clearing the journal", host.layout.clear_journal()))
+        .await;
 }

@@ -156,11 +156,13 @@ pub fn to_prune(
 ) -> Vec<String> {
     let protected =
         |id: &str| Some(id) == current || Some(id) == previous || pinned.iter().any(|p| p == id);
-    let mut kept = 0;
+    // Protected releases use up the budget first, wherever they sit in the
+    // list; the newest of the rest fill what is left.
+    let mut budget = keep.saturating_sub(releases.iter().filter(|id| protected(id)).count());
     let mut doomed = Vec::new();
-    for id in releases {
-        if protected(id) || kept < keep {
-            kept += 1;
+    for id in releases.iter().filter(|id| !protected(id)) {
+        if budget > 0 {
+            budget -= 1;
         } else {
             doomed.push(id.clone());
         }

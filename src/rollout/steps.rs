@@ -65,8 +65,8 @@ pub struct Rollout {
 pub struct Report {
     pub release: String,
     pub previous: Option<String>,
-    /// How long hosts were closed (gated) or how long the switch-over took
-    /// (rolling, canary stage).
+    /// How long hosts were closed; zero for strategies that never close
+    /// (rolling, canary).
     pub closed_window: Duration,
     pub duration: Duration,
     /// Things that went wrong after hosts were live on the new release (a
@@ -136,6 +136,23 @@ pub fn require_release(
     Ok(())
 }
 
+/// How `host` installs packages, when releases ship as `.deb`.
+fn dpkg(plan: &Plan, host: &Host) -> Option<super::layout::Dpkg> {
+    (plan.artifact == crate::config::ArtifactFormat::Deb).then(|| {
+        let prefix = plan
+            .deb
+            .package_prefix
+            .clone()
+            .unwrap_or_else(|| crate::artifact::default_package_prefix(&plan.app));
+        super::layout::Dpkg::new(
+            prefix,
+            plan.deb.sudo,
+            plan.deb.dpkg_args.clone(),
+            &host.transport.resolve("/"),
+        )
+    })
+}
+
 /// Everything slow, while the old release keeps serving: upload, verify,
 /// unpack beside the live release, link shared paths, write the env file.
 ///
@@ -152,7 +169,11 @@ pub async fn stage(
     let (plan, artifact, sink) = (Arc::clone(&r.plan), artifact.clone(), Arc::clone(&r.sink));
     let (deploy_id, previous) = (r.deploy_id.clone(), Arc::clone(previous));
     let results = each_timed(cluster, &r.sink, Phase::Stage, move |host| {
-        let remote = host.layout.incoming(&artifact.sha256);
+        let dpkg = dpkg(&plan, host);
+        let remote = match dpkg {
+            Some(_) => host.layout.incoming_deb(&artifact.sha256),
+            None => host.layout.incoming(&artifact.sha256),
+        };
         let name = host.name().to_owned();
         let total = artifact.size;
         let progress = |sent: u64| sink.progress(&name, sent, total);
@@ -162,18 +183,24 @@ pub async fn stage(
             sha256: &artifact.sha256,
             shared_dirs: &plan.shared.dirs,
             shared_files: &plan.shared.files,
+            dpkg: dpkg.as_ref(),
         });
         let journal = journal(&plan, &deploy_id, prev(&previous, host), Phase::Stage);
         let script = join(host, script, host.layout.write_journal(&journal))?;
         let mut input = std::io::Cursor::new(env_file.as_bytes().to_vec());
-        host.transport.run_with("staging", &script, Some(&mut input), None)?;
+        host.transport
+            .run_with("staging", &script, Some(&mut input), None)?;
         Ok(())
     })
     .await;
     let failed: Vec<(String, String)> = results
         .iter()
         .zip(&cluster.hosts)
-        .filter_map(|(res, host)| res.as_ref().err().map(|e| (host.name().to_owned(), e.to_string())))
+        .filter_map(|(res, host)| {
+            res.as_ref()
+                .err()
+                .map(|e| (host.name().to_owned(), e.to_string()))
+        })
         .collect();
     if failed.is_empty() {
         return Ok(());
@@ -204,7 +231,11 @@ pub async fn phase<F>(
 where
     F: Fn(&Host) -> Result<Script, Unquotable> + Send + Sync + 'static,
 {
-    let (plan, id, previous) = (Arc::clone(&r.plan), r.deploy_id.clone(), Arc::clone(previous));
+    let (plan, id, previous) = (
+        Arc::clone(&r.plan),
+        r.deploy_id.clone(),
+        Arc::clone(previous),
+    );
     let results = each_timed(cluster, &r.sink, phase, move |host| {
         let journal = journal(&plan, &id, prev(&previous, host), phase);
         let script = join(host, script(host), host.layout.write_journal(&journal))?;
@@ -251,7 +282,11 @@ pub async fn switch(
     r: &Rollout,
     previous: &PerHost<Option<String>>,
 ) -> Result<(), StepFailure> {
-    let (release, id, copy_back) = (r.plan.release_id.clone(), r.deploy_id.clone(), r.plan.copy_back.clone());
+    let (release, id, copy_back) = (
+        r.plan.release_id.clone(),
+        r.deploy_id.clone(),
+        r.plan.copy_back.clone(),
+    );
     phase(cluster, r, previous, Phase::Switch, move |host| {
         let script = host.layout.copy_back(&release, &copy_back)?;
         Ok(script.then(&host.layout.switch(Some(&release), &id)?))
@@ -263,13 +298,22 @@ pub async fn switch(
 ///
 /// # Errors
 /// The hook phase and what the hook printed last.
-pub async fn run_hook(cluster: &Cluster, r: &Rollout, hook: &crate::plan::Hook) -> Result<(), StepFailure> {
+pub async fn run_hook(
+    cluster: &Cluster,
+    r: &Rollout,
+    hook: &crate::plan::Hook,
+) -> Result<(), StepFailure> {
     let host = cluster
         .hosts
         .iter()
         .find(|h| h.name() == hook.host)
         .cloned()
-        .ok_or_else(|| (Phase::Hook, format!("the hook host {} is not in the cluster", hook.host)))?;
+        .ok_or_else(|| {
+            (
+                Phase::Hook,
+                format!("the hook host {} is not in the cluster", hook.host),
+            )
+        })?;
     let env = hook_env(&r.plan, &r.deploy_id);
     let (sink, command, timeout) = (Arc::clone(&r.sink), hook.command.clone(), hook.timeout);
     let release = r.plan.release_id.clone();
@@ -285,27 +329,47 @@ pub async fn run_hook(cluster: &Cluster, r: &Rollout, hook: &crate::plan::Hook) 
         let exit = host
             .transport
             .exec(&script, None, Some(timeout), &mut |line| {
-                sink.emit(&Event::Output { host: name.clone(), line: line.to_owned() });
+                sink.emit(&Event::Output {
+                    host: name.clone(),
+                    line: line.to_owned(),
+                });
             })
             .map_err(|e| match e {
-                TransportError::Timeout { host, after, .. } => TransportError::Timeout { host, what: what.clone(), after },
+                TransportError::Timeout { host, after, .. } => TransportError::Timeout {
+                    host,
+                    what: what.clone(),
+                    after,
+                },
                 other => other,
             })?;
         if exit.success() {
             Ok(())
         } else {
-            Err(TransportError::Failed { host: name, what, code: exit.code, tail: exit.tail })
+            Err(TransportError::Failed {
+                host: name,
+                what,
+                code: exit.code,
+                tail: exit.tail,
+            })
         }
     })
     .await
     .unwrap_or_else(|_| Err(super::Panicked.into()));
     match result {
         Ok(()) => {
-            r.sink.emit(&Event::HostPhase { host: hook.host.clone(), phase: Phase::Hook, took: started.elapsed() });
+            r.sink.emit(&Event::HostPhase {
+                host: hook.host.clone(),
+                phase: Phase::Hook,
+                took: started.elapsed(),
+            });
             Ok(())
         }
         Err(e) => {
-            r.sink.emit(&Event::HostFailed { host: hook.host.clone(), phase: Phase::Hook, error: e.to_string() });
+            r.sink.emit(&Event::HostFailed {
+                host: hook.host.clone(),
+                phase: Phase::Hook,
+                error: e.to_string(),
+            });
             Err((Phase::Hook, e.to_string()))
         }
     }
@@ -315,8 +379,16 @@ pub async fn run_hook(cluster: &Cluster, r: &Rollout, hook: &crate::plan::Hook) 
 ///
 /// # Errors
 /// The health phase and every failing host's last answer.
-pub async fn health_check(cluster: &Cluster, r: &Rollout, health: &Health) -> Result<(), StepFailure> {
-    let (health, env, release) = (health.clone(), Arc::new(hook_env(&r.plan, &r.deploy_id)), r.plan.release_id.clone());
+pub async fn health_check(
+    cluster: &Cluster,
+    r: &Rollout,
+    health: &Health,
+) -> Result<(), StepFailure> {
+    let (health, env, release) = (
+        health.clone(),
+        Arc::new(hook_env(&r.plan, &r.deploy_id)),
+        r.plan.release_id.clone(),
+    );
     let results = each_timed(cluster, &r.sink, Phase::Health, move |host| {
         super::health::check(host, &health, &host.layout.release(&release), &env)
     })
@@ -334,23 +406,51 @@ pub async fn record(
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     let entries = history(r, previous, Outcome::Success);
-    let (plan, states, previous) = (Arc::clone(&r.plan), Arc::clone(states), Arc::clone(previous));
+    let (plan, states, previous) = (
+        Arc::clone(&r.plan),
+        Arc::clone(states),
+        Arc::clone(previous),
+    );
     let results = each_timed(cluster, &r.sink, Phase::Record, move |host| {
         let state = states.get(host.name()).cloned().unwrap_or_default();
         let mut releases = vec![plan.release_id.clone()];
-        releases.extend(state.releases.iter().filter(|id| **id != plan.release_id).cloned());
-        let doomed = to_prune(&releases, plan.keep_releases, Some(&plan.release_id), prev(&previous, host).as_deref(), &state.pinned);
-        let mut script = host.layout.record(&entries[host.name()]).map_err(|e| host.transport.unquotable(e))?;
+        releases.extend(
+            state
+                .releases
+                .iter()
+                .filter(|id| **id != plan.release_id)
+                .cloned(),
+        );
+        let doomed = to_prune(
+            &releases,
+            plan.keep_releases,
+            Some(&plan.release_id),
+            prev(&previous, host).as_deref(),
+            &state.pinned,
+        );
+        let mut script = host
+            .layout
+            .record(&entries[host.name()])
+            .map_err(|e| host.transport.unquotable(e))?;
         let extra = |s: Result<Script, Unquotable>| s.map_err(|e| host.transport.unquotable(e));
         if !doomed.is_empty() {
-            script = script.then(&extra(host.layout.prune(&doomed))?);
+            let prune = match dpkg(&plan, host) {
+                Some(dpkg) => host.layout.prune_packages(&doomed, &dpkg),
+                None => host.layout.prune(&doomed),
+            };
+            script = script.then(&extra(prune)?);
         }
         script = script.then(&extra(host.layout.clear_journal())?);
         host.transport.run("recording and pruning", &script)?;
         Ok(())
     })
     .await;
-    warnings.extend(results.into_iter().filter_map(Result::err).map(|e| e.to_string()));
+    warnings.extend(
+        results
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| e.to_string()),
+    );
     warnings
 }
 
@@ -415,8 +515,16 @@ where
             let started = Instant::now();
             let result = f(host);
             match &result {
-                Ok(_) => sink.emit(&Event::HostPhase { host: host.name().to_owned(), phase, took: started.elapsed() }),
-                Err(e) => sink.emit(&Event::HostFailed { host: host.name().to_owned(), phase, error: e.to_string() }),
+                Ok(_) => sink.emit(&Event::HostPhase {
+                    host: host.name().to_owned(),
+                    phase,
+                    took: started.elapsed(),
+                }),
+                Err(e) => sink.emit(&Event::HostFailed {
+                    host: host.name().to_owned(),
+                    phase,
+                    error: e.to_string(),
+                }),
             }
             result
         })
@@ -424,11 +532,22 @@ where
 }
 
 fn first_failure<T>(phase: Phase, results: &[Result<T, RolloutError>]) -> Result<(), StepFailure> {
-    let errors: Vec<String> = results.iter().filter_map(|res| res.as_ref().err().map(ToString::to_string)).collect();
-    if errors.is_empty() { Ok(()) } else { Err((phase, errors.join("\n"))) }
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|res| res.as_ref().err().map(ToString::to_string))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err((phase, errors.join("\n")))
+    }
 }
 
-fn join(host: &Host, a: Result<Script, Unquotable>, b: Result<Script, Unquotable>) -> Result<Script, RolloutError> {
+fn join(
+    host: &Host,
+    a: Result<Script, Unquotable>,
+    b: Result<Script, Unquotable>,
+) -> Result<Script, RolloutError> {
     let a = a.map_err(|e| host.transport.unquotable(e))?;
     let b = b.map_err(|e| host.transport.unquotable(e))?;
     Ok(a.then(&b))
@@ -461,7 +580,11 @@ fn history(r: &Rollout, previous: &PerHost<Option<String>>, outcome: Outcome) ->
                     release: r.plan.release_id.clone(),
                     previous: prev.clone(),
                     commit: r.plan.commit.id.clone(),
-                    sha256: r.artifact.as_ref().map(|a| a.sha256.clone()).unwrap_or_default(),
+                    sha256: r
+                        .artifact
+                        .as_ref()
+                        .map(|a| a.sha256.clone())
+                        .unwrap_or_default(),
                     who: r.plan.deployer.clone(),
                     outcome,
                 })

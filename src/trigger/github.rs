@@ -65,31 +65,51 @@ struct Base {
 /// # Errors
 /// When the payload does not have the shape GitHub gives that event.
 pub fn from_event(name: &str, payload: &str) -> Result<EventTrigger, EventError> {
-    let shape = |source| EventError::Shape { event: name.to_owned(), source };
+    let shape = |source| EventError::Shape {
+        event: name.to_owned(),
+        source,
+    };
     let skip = |reason: String| Ok(EventTrigger::Skip { reason });
     match name {
         "push" => {
             let push: Push = serde_json::from_str(payload).map_err(shape)?;
             let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else {
-                return skip(format!("{} is not a branch; nothing to deploy", push.git_ref));
+                return skip(format!(
+                    "{} is not a branch; nothing to deploy",
+                    push.git_ref
+                ));
             };
             if push.deleted || push.after.bytes().all(|b| b == b'0') {
                 return skip(format!("branch `{branch}` was deleted; nothing to deploy"));
             }
-            Ok(EventTrigger::Push { branch: branch.to_owned(), commit: push.after })
+            Ok(EventTrigger::Push {
+                branch: branch.to_owned(),
+                commit: push.after,
+            })
         }
         "pull_request" | "pull_request_target" => {
             let event: PullRequestEvent = serde_json::from_str(payload).map_err(shape)?;
             let pr = event.pull_request;
             if event.action != "closed" {
-                return skip(format!("pull request #{} was {}, not merged; nothing to deploy", pr.number, event.action));
+                return skip(format!(
+                    "pull request #{} was {}, not merged; nothing to deploy",
+                    pr.number, event.action
+                ));
             }
             match (pr.merged, pr.merge_commit_sha) {
-                (true, Some(sha)) => Ok(EventTrigger::Push { branch: pr.base.git_ref, commit: sha }),
-                _ => skip(format!("pull request #{} was closed without merging; nothing to deploy", pr.number)),
+                (true, Some(sha)) => Ok(EventTrigger::Push {
+                    branch: pr.base.git_ref,
+                    commit: sha,
+                }),
+                _ => skip(format!(
+                    "pull request #{} was closed without merging; nothing to deploy",
+                    pr.number
+                )),
             }
         }
-        other => skip(format!("the `{other}` event does not deploy; use push or pull_request")),
+        other => skip(format!(
+            "the `{other}` event does not deploy; use push or pull_request"
+        )),
     }
 }
 
@@ -111,7 +131,9 @@ mod tests {
                 commit: "6113728f27ae82c7b1a177c8d03f9e96e0adf246".into()
             }
         );
-        assert!(matches!(from_event("push", &fixture("push-master")).unwrap(), EventTrigger::Push { branch, .. } if branch == "master"));
+        assert!(
+            matches!(from_event("push", &fixture("push-master")).unwrap(), EventTrigger::Push { branch, .. } if branch == "master")
+        );
         for (event, name, why) in [
             ("push", "push-delete", "was deleted"),
             ("push", "push-tag", "not a branch"),

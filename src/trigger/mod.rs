@@ -46,13 +46,24 @@ pub fn parse_receive(input: &str) -> Result<Vec<RefUpdate>, BadHookInput> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
             let mut fields = line.splitn(3, ' ');
-            let (Some(old), Some(new), Some(name)) = (fields.next(), fields.next(), fields.next()) else {
-                return Err(BadHookInput { line: i + 1, text: line.to_owned() });
+            let (Some(old), Some(new), Some(name)) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(BadHookInput {
+                    line: i + 1,
+                    text: line.to_owned(),
+                });
             };
             if !is_object_id(old) || !is_object_id(new) || name.is_empty() {
-                return Err(BadHookInput { line: i + 1, text: line.to_owned() });
+                return Err(BadHookInput {
+                    line: i + 1,
+                    text: line.to_owned(),
+                });
             }
-            Ok(RefUpdate { old: old.to_owned(), new: new.to_owned(), name: name.to_owned() })
+            Ok(RefUpdate {
+                old: old.to_owned(),
+                new: new.to_owned(),
+                name: name.to_owned(),
+            })
         })
         .collect()
 }
@@ -75,8 +86,14 @@ impl RefUpdate {
 /// What a ref update asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Deploy { environment: String, branch: String, commit: String },
-    Skip { reason: String },
+    Deploy {
+        environment: String,
+        branch: String,
+        commit: String,
+    },
+    Skip {
+        reason: String,
+    },
 }
 
 /// Decides what `update` deploys, given the config carried by its new
@@ -84,7 +101,10 @@ pub enum Decision {
 pub fn decide(update: &RefUpdate, config: Option<&Config>) -> Decision {
     let skip = |reason: String| Decision::Skip { reason };
     let Some(branch) = update.branch() else {
-        return skip(format!("{} is not a branch; nothing to deploy", update.name));
+        return skip(format!(
+            "{} is not a branch; nothing to deploy",
+            update.name
+        ));
     };
     if update.is_delete() {
         return skip(format!("branch `{branch}` was deleted; nothing to deploy"));
@@ -98,7 +118,9 @@ pub fn decide(update: &RefUpdate, config: Option<&Config>) -> Decision {
             branch: branch.to_owned(),
             commit: update.new.clone(),
         },
-        None => skip(format!("`{branch}` deploys to no environment; nothing to do")),
+        None => skip(format!(
+            "`{branch}` deploys to no environment; nothing to do"
+        )),
     }
 }
 
@@ -120,7 +142,9 @@ mod tests {
     #[test]
     fn parses_sha1_and_sha256_updates() {
         let sha256 = "a".repeat(64);
-        let input = format!("{Z} {A} refs/heads/production\n{A} {Z} refs/heads/staging\n{sha256} {sha256} refs/tags/v1\n");
+        let input = format!(
+            "{Z} {A} refs/heads/production\n{A} {Z} refs/heads/staging\n{sha256} {sha256} refs/tags/v1\n"
+        );
         let updates = parse_receive(&input).unwrap();
         assert_eq!(updates.len(), 3);
         assert!(updates[0].is_create() && !updates[0].is_delete());
@@ -133,10 +157,18 @@ mod tests {
     #[test]
     fn maps_branches_to_environments() {
         let cfg = config();
-        let up = |name: &str, new: &str| RefUpdate { old: A.into(), new: new.into(), name: name.into() };
+        let up = |name: &str, new: &str| RefUpdate {
+            old: A.into(),
+            new: new.into(),
+            name: name.into(),
+        };
         assert_eq!(
             decide(&up("refs/heads/production", A), Some(&cfg)),
-            Decision::Deploy { environment: "production".into(), branch: "production".into(), commit: A.into() }
+            Decision::Deploy {
+                environment: "production".into(),
+                branch: "production".into(),
+                commit: A.into()
+            }
         );
         for (update, why) in [
             (up("refs/heads/master", A), "deploys to no environment"),
@@ -148,6 +180,9 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(matches!(decide(&up("refs/heads/production", A), None), Decision::Skip { .. }));
+        assert!(matches!(
+            decide(&up("refs/heads/production", A), None),
+            Decision::Skip { .. }
+        ));
     }
 }

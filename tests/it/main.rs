@@ -4,7 +4,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod deb;
 mod hooks;
 mod local;
 mod notify;
 mod ssh;
+mod strategies;

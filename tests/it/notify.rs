@@ -639,7 +639,6 @@ deploy_hook = "{hook}"
 }
 
 #[test]
-#[ignore = "needs Notifiers wired into `slipway deploy`"]
 fn a_deploy_tells_slack_when_it_starts_and_when_it_is_live() {
     let slack = StandIn::start();
     let (app, hosts) = app_with_notify(
@@ -675,7 +674,6 @@ fn a_deploy_tells_slack_when_it_starts_and_when_it_is_live() {
 }
 
 #[test]
-#[ignore = "needs Notifiers wired into `slipway deploy`"]
 fn a_deploy_leaves_a_new_relic_marker_with_version_user_and_changelog() {
     let newrelic = StandIn::start();
     let notify = format!(
@@ -702,7 +700,6 @@ fn a_deploy_leaves_a_new_relic_marker_with_version_user_and_changelog() {
 }
 
 #[test]
-#[ignore = "needs Notifiers wired into `slipway deploy`"]
 fn a_dead_notifier_warns_but_the_deploy_succeeds_in_bounded_time() {
     let hanging = StandIn::hanging();
     let notify = "[notify]\ntimeout = \"500ms\"\nretries = 1\nslack = { webhook_env = \"SLACK_WEBHOOK_URL\" }";
@@ -725,7 +722,6 @@ fn a_dead_notifier_warns_but_the_deploy_succeeds_in_bounded_time() {
 }
 
 #[test]
-#[ignore = "needs Notifiers wired into `slipway deploy`"]
 fn a_rolled_back_deploy_still_notifies_and_keeps_secrets_out_of_the_output() {
     let slack = StandIn::scripted(
         vec![Reply::status(500, "oops")],
@@ -743,7 +739,6 @@ fn a_rolled_back_deploy_still_notifies_and_keeps_secrets_out_of_the_output() {
 }
 
 #[test]
-#[ignore = "needs `slipway notify test` wired into the CLI"]
 fn notify_test_reports_each_notifier_and_fails_if_one_does() {
     let (good, bad) = (
         StandIn::start(),

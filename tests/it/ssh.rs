@@ -305,7 +305,6 @@ fn a_host_frozen_mid_deploy_fails_in_bounded_time_and_the_rest_roll_back() {
     });
     let took = started.elapsed();
     story.cluster.hosts[2].thaw();
-    eprintln!("frozen deploy took {took:?}:\n{}", run.text());
 
     assert!(
         took < Duration::from_secs(60),

@@ -23,6 +23,9 @@ impl App {
             app.write(path, content);
         }
         app.git(&["init", "-q", "-b", "main"]);
+        // Hosts and other scratch space live beside the work tree; they
+        // must never be committed (and so deployed).
+        std::fs::write(app.path().join(".git/info/exclude"), ".scratch/\n").expect("exclude");
         app.git(&["add", "-A"]);
         app.git(&["commit", "-qm", "First commit"]);
         app.git(&["checkout", "-q", "-b", "production"]);

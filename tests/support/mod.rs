@@ -5,10 +5,11 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod nginx;
 pub mod run;
 pub mod server;
-pub mod standin;
 pub mod sshd;
+pub mod standin;
 
 pub use app::{App, LocalHosts};
 pub use run::Run;

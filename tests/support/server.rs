@@ -17,9 +17,19 @@ impl GitServer {
     pub fn new(app: &App) -> Self {
         let git_dir = app.scratch("server.git");
         git(&git_dir, &["init", "-q", "--bare", "-b", "main"]);
-        git(&git_dir, &["config", "receive.advertisePushOptions", "true"]);
-        let install = run(slipway(app.path()), &["hook", "install", "--git-dir", git_dir.to_str().unwrap()]);
-        assert!(install.output.status.success(), "hook install: {}", install.text());
+        git(
+            &git_dir,
+            &["config", "receive.advertisePushOptions", "true"],
+        );
+        let install = run(
+            slipway(app.path()),
+            &["hook", "install", "--git-dir", git_dir.to_str().unwrap()],
+        );
+        assert!(
+            install.output.status.success(),
+            "hook install: {}",
+            install.text()
+        );
         app.git(&["remote", "add", "origin", git_dir.to_str().unwrap()]);
         Self { git_dir }
     }
@@ -31,12 +41,22 @@ impl GitServer {
             .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{name}")])
             .output()
             .unwrap();
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Installs the hooks again (e.g. to check idempotence).
     pub fn reinstall(&self, app: &App) -> Run {
-        run(slipway(app.path()), &["hook", "install", "--git-dir", self.git_dir.to_str().unwrap()])
+        run(
+            slipway(app.path()),
+            &[
+                "hook",
+                "install",
+                "--git-dir",
+                self.git_dir.to_str().unwrap(),
+            ],
+        )
     }
 }
 
@@ -64,6 +84,10 @@ pub fn push_command(app: &App, user: &str, args: &[&str], env: &[(&str, &str)]) 
 }
 
 fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git").current_dir(dir).args(args).status().expect("git runs");
+    let status = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .expect("git runs");
     assert!(status.success(), "git {args:?}");
 }

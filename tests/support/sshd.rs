@@ -189,6 +189,7 @@ impl Sshd {
                  AllowTcpForwarding yes\n\
                  MaxStartups 100\n\
                  MaxSessions 100\n\
+                 Subsystem sftp internal-sftp\n\
                  LogLevel ERROR\n",
                 key = host_key.display(),
                 d = d.display(),
