@@ -17,9 +17,14 @@ pub struct EnvArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The branch, tag or commit whose config to check.
-    #[arg(long = "ref", env = "SLIPWAY_REF", default_value = "HEAD")]
-    pub git_ref: String,
+    /// Also connect to every host of this environment and check it can take
+    /// a deploy: reachable, host key verified, deploy_to writable, free
+    /// disk, the tools slipway's scripts use.
+    pub environment: Option<String>,
+    /// The branch, tag or commit whose config to check [default: HEAD, or
+    /// the environment's branch].
+    #[arg(long = "ref", env = "SLIPWAY_REF")]
+    pub git_ref: Option<String>,
 }
 
 pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
@@ -124,9 +129,12 @@ pub async fn releases(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub fn check(ctx: &Context, args: &CheckArgs) -> anyhow::Result<u8> {
+pub async fn check(ctx: &Context, args: &CheckArgs) -> anyhow::Result<u8> {
+    if let Some(environment) = &args.environment {
+        return check_hosts(ctx, environment, args.git_ref.as_deref()).await;
+    }
     let repo = ctx.open_repo()?;
-    let commit = repo.resolve(&args.git_ref)?;
+    let commit = repo.resolve(args.git_ref.as_deref().unwrap_or("HEAD"))?;
     let config = ctx.config_at(&repo, &commit)?;
     ctx.out.result(&format!(
         "{}:{} is valid: app {}, environments {}",
@@ -141,6 +149,90 @@ pub fn check(ctx: &Context, args: &CheckArgs) -> anyhow::Result<u8> {
             .join(", ")
     ));
     Ok(exit::OK)
+}
+
+/// Connects to each host on its own (one unreachable host must not hide
+/// the state of the others) and reports what a deploy needs.
+async fn check_hosts(
+    ctx: &Context,
+    environment: &str,
+    git_ref: Option<&str>,
+) -> anyhow::Result<u8> {
+    let loaded = ctx.load(environment, git_ref)?;
+    let env = loaded.config.environment(environment)?;
+    ctx.out.result(&format!(
+        "{}:{} is valid",
+        loaded.commit.short, ctx.config_path
+    ));
+    let mut tasks = Vec::new();
+    for spec in env.all_hosts() {
+        let (options, deploy_to) = (ctx.connect.clone(), env.deploy_to.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            check_one(&spec, &options, &deploy_to)
+        }));
+    }
+    let mut code = exit::OK;
+    for task in tasks {
+        let (ok, line) = task
+            .await
+            .unwrap_or_else(|_| (false, "check panicked".to_owned()));
+        if !ok {
+            code = exit::ATTENTION;
+        }
+        ctx.out.result(&line);
+    }
+    Ok(code)
+}
+
+fn check_one(
+    spec: &str,
+    options: &crate::transport::ConnectOptions,
+    deploy_to: &str,
+) -> (bool, String) {
+    let transport = match crate::transport::connect(spec, options) {
+        Ok(t) => t,
+        Err(e) => return (false, format!("  {spec}  FAILED: {e}")),
+    };
+    let layout = crate::rollout::Layout::new(transport.resolve(deploy_to));
+    let output = layout
+        .check()
+        .map_err(|e| transport.unquotable(e))
+        .and_then(|script| transport.run("checking the host", &script));
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => return (false, format!("  {spec}  FAILED: {e}")),
+    };
+    let mut problems = Vec::new();
+    let mut facts = vec![if spec.starts_with("local:") {
+        "local folder".to_owned()
+    } else {
+        "host key verified".to_owned()
+    }];
+    for line in output.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            ["user", user] => facts.push(format!("user {user}")),
+            ["writable", "yes"] => facts.push(format!("{} writable", layout.root())),
+            ["writable", _] => problems.push(format!("{} is not writable", layout.root())),
+            ["free_kib", kib] => match kib.parse::<u64>() {
+                Ok(kib) if kib < 100 * 1024 => {
+                    problems.push(format!("only {} MiB free", kib / 1024))
+                }
+                Ok(kib) => facts.push(format!("{:.1} GiB free", kib as f64 / 1024.0 / 1024.0)),
+                Err(_) => problems.push("free disk space unknown (no df?)".to_owned()),
+            },
+            ["tool", tool, "no"] => problems.push(format!("`{tool}` is missing")),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        (
+            true,
+            format!("  {spec}  ok: {}, tools ok", facts.join(", ")),
+        )
+    } else {
+        (false, format!("  {spec}  FAILED: {}", problems.join("; ")))
+    }
 }
 
 pub async fn recover(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {

@@ -128,7 +128,8 @@ pub enum Command {
     /// Build the artifact of a commit without deploying it; prints its path
     /// and sha256.
     Build(deploy::BuildArgs),
-    /// Validate the config file of a commit.
+    /// Validate the config file of a commit; with an environment, also check
+    /// every host can take a deploy.
     Check(inspect::CheckArgs),
     /// Print the nginx snippet that serves the live release and answers 503
     /// with Retry-After while the cluster is closed.
@@ -191,7 +192,7 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Build(args) => deploy::build(ctx, &args),
         Command::Status(args) => inspect::status(ctx, &args).await,
         Command::Releases(args) => inspect::releases(ctx, &args).await,
-        Command::Check(args) => inspect::check(ctx, &args),
+        Command::Check(args) => inspect::check(ctx, &args).await,
         Command::Nginx(args) => inspect::nginx(ctx, &args).await,
         Command::Recover(args) => inspect::recover(ctx, &args).await,
         Command::Unlock(args) => inspect::unlock(ctx, &args).await,

@@ -324,6 +324,16 @@ impl Layout {
         Ok(Script::from_trusted(text))
     }
 
+    /// Reports what a deploy needs of this host as `key<TAB>value` lines:
+    /// the login user, whether `deploy_to` is writable, free space, and the
+    /// tools the scripts use. Never fails: a missing piece is a line.
+    pub fn check(&self) -> Result<Script, Unquotable> {
+        Ok(Script::from_trusted(format!(
+            "d={}\n{CHECK}",
+            crate::transport::quote::quote(&self.root)?
+        )))
+    }
+
     /// Records the phase of the rollout in flight.
     pub fn write_journal(&self, json: &str) -> Result<Script, Unquotable> {
         self.start()?.line(
@@ -521,6 +531,13 @@ fn indent(text: &str) -> String {
         .map(|l| format!("  {l}\n"))
         .collect()
 }
+
+const CHECK: &str = r#"printf 'user\t%s\n' "$(id -un)"
+if mkdir -p "$d" 2>/dev/null && touch "$d/.slipway-check.$$" 2>/dev/null; then rm -f "$d/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
+p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
+for t in sh tar gzip sha256sum readlink mv ln cp; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
+if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;
 
 /// Prints the host's state. Release ids are slipway's own (`[0-9A-Za-z-]`),
 /// so `ls` output is safe to read line by line.

@@ -231,7 +231,11 @@ fn a_gated_rollout_of_packages_installs_rolls_back_and_purges() {
             Some("v2\n")
         );
         assert_eq!(hosts.read(i, "current/version.txt").unwrap().trim(), second);
-        assert_eq!(installed(&hosts, i), [package(&first), package(&second)]);
+        // `installed` is sorted by name; two commits in the same second
+        // order by hash, not by time.
+        let mut both = vec![package(&first), package(&second)];
+        both.sort();
+        assert_eq!(installed(&hosts, i), both);
         let log = hosts.read(i, "shared/postinst.log").unwrap_or_default();
         assert!(
             log.contains(&format!("configure {}", package(&second))),
