@@ -62,6 +62,11 @@ pub struct InstallArgs {
     /// The bare repository to install into.
     #[arg(long, env = "SLIPWAY_GIT_DIR")]
     pub git_dir: PathBuf,
+    /// A variable the hooks export for slipway, e.g.
+    /// `SLIPWAY_KNOWN_HOSTS=/etc/slipway/known_hosts` (repeatable): the git
+    /// server's sshd passes no environment of its own to hooks.
+    #[arg(long = "setenv", value_name = "NAME=VALUE")]
+    pub setenv: Vec<String>,
 }
 
 pub async fn hook(ctx: &Context, command: HookCommand) -> anyhow::Result<u8> {
@@ -329,14 +334,23 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
     );
     std::fs::create_dir_all(&hooks)?;
     let exe = std::env::current_exe().context("finding the slipway binary")?;
-    let bin_line = format!(
+    let mut bin_line = format!(
         "SLIPWAY_BIN=\"${{SLIPWAY_BIN:-{}}}\"",
         exe.display()
             .to_string()
+            .replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('$', "\\$")
             .replace('`', "\\`")
     );
+    for pair in &args.setenv {
+        let (name, value) = pair
+            .split_once('=')
+            .filter(|(n, _)| is_variable_name(n))
+            .with_context(|| format!("--setenv {pair:?} is not NAME=VALUE"))?;
+        let value = crate::transport::quote::quote(value)?;
+        bin_line.push_str(&format!("\nexport {name}={value}"));
+    }
     for (name, text) in [("post-receive", POST_RECEIVE), ("pre-receive", PRE_RECEIVE)] {
         let path = hooks.join(name);
         if let Ok(existing) = std::fs::read_to_string(&path)
@@ -366,6 +380,12 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
         hooks.display()
     ));
     Ok(exit::OK)
+}
+
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn set_executable(path: &Path) -> std::io::Result<()> {

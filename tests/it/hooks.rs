@@ -301,3 +301,45 @@ fn hook_install_is_idempotent_and_keeps_an_existing_hook() {
         text(&out)
     );
 }
+
+/// The way users really push: `git push` over SSH to a git server (a real
+/// sshd), whose hooks deploy to three more sshd hosts.
+#[test]
+fn a_push_over_ssh_deploys_to_three_ssh_hosts_and_the_pusher_sees_it() {
+    use crate::support::sshd::SshCluster;
+    let cluster = SshCluster::start(3);
+    let git_host = cluster.extra_server();
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let config = format!(
+        "[app]\nname = \"shop\"\n\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\ndeploy_hook = \"true\"\n",
+        cluster.hosts_toml(),
+        cluster.deploy_to
+    );
+    app.commit("Configure slipway", &[("slipway.toml", &config)]);
+    let bare = app.scratch("server.git");
+    app.git(&["init", "-q", "--bare", bare.to_str().unwrap()]);
+    let known = cluster.known_hosts.to_str().unwrap();
+    let key = cluster.keys.private.to_str().unwrap();
+    app.slipway(&[
+        "hook",
+        "install",
+        "--git-dir",
+        bare.to_str().unwrap(),
+        "--setenv",
+        &format!("SLIPWAY_KNOWN_HOSTS={known}"),
+        "--setenv",
+        &format!("SLIPWAY_IDENTITY={key}"),
+    ])
+    .success();
+    let url = format!("ssh://root@{}{}", git_host.address(), bare.display());
+    app.git(&["remote", "add", "origin", &url]);
+    let ssh = format!("ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known}");
+    let out = push(&app, "alice", &["origin", "production"], &[("GIT_SSH_COMMAND", &ssh)]);
+    let seen = text(&out);
+    assert!(out.status.success(), "{seen}");
+    let hosts = LocalHosts { roots: cluster.roots.clone(), deploy_to: cluster.deploy_to.clone() };
+    let release = hosts.current(0).expect("deployed over SSH");
+    assert!((0..3).all(|i| hosts.current(i).as_deref() == Some(release.as_str())));
+    assert!(seen.contains("remote:   stage"), "{seen}");
+    assert!(seen.contains(&format!("production is live on {release}")), "{seen}");
+}
