@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The REST API version slipway speaks.
+/// The REST API version slipway speaks (octocrab sends it as
+/// `X-GitHub-Api-Version`; the integration tests check it is sent once).
 pub const API_VERSION: &str = "2022-11-28";
 
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +80,9 @@ impl Deployments {
                 http::header::ACCEPT,
                 "application/vnd.github+json".to_owned(),
             )
-            .add_header(
-                http::HeaderName::from_static("x-github-api-version"),
-                API_VERSION.to_owned(),
-            )
+            // No `X-GitHub-Api-Version` here: octocrab already sends
+            // `API_VERSION` on every request, and a second copy of the
+            // header reaches GitHub as `2022-11-28, 2022-11-28`.
             .set_connect_timeout(Some(Duration::from_secs(5)))
             .set_read_timeout(Some(Duration::from_secs(15)))
             .build()

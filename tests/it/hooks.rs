@@ -333,13 +333,26 @@ fn a_push_over_ssh_deploys_to_three_ssh_hosts_and_the_pusher_sees_it() {
     .success();
     let url = format!("ssh://root@{}{}", git_host.address(), bare.display());
     app.git(&["remote", "add", "origin", &url]);
-    let ssh = format!("ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known}");
-    let out = push(&app, "alice", &["origin", "production"], &[("GIT_SSH_COMMAND", &ssh)]);
+    let ssh = format!(
+        "ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known}"
+    );
+    let out = push(
+        &app,
+        "alice",
+        &["origin", "production"],
+        &[("GIT_SSH_COMMAND", &ssh)],
+    );
     let seen = text(&out);
     assert!(out.status.success(), "{seen}");
-    let hosts = LocalHosts { roots: cluster.roots.clone(), deploy_to: cluster.deploy_to.clone() };
+    let hosts = LocalHosts {
+        roots: cluster.roots.clone(),
+        deploy_to: cluster.deploy_to.clone(),
+    };
     let release = hosts.current(0).expect("deployed over SSH");
     assert!((0..3).all(|i| hosts.current(i).as_deref() == Some(release.as_str())));
     assert!(seen.contains("remote:   stage"), "{seen}");
-    assert!(seen.contains(&format!("production is live on {release}")), "{seen}");
+    assert!(
+        seen.contains(&format!("production is live on {release}")),
+        "{seen}"
+    );
 }

@@ -385,9 +385,17 @@ fn a_key_file_with_crlf_and_no_final_newline_still_logs_in() {
 fn check_reports_every_host_and_names_the_one_that_is_down() {
     let mut story = Story::new(HOOK, "");
     let run = story.slipway(&["check", "production"]).success();
-    let ok_lines = run.stdout().lines().filter(|l| l.contains("ok: host key verified")).count();
+    let ok_lines = run
+        .stdout()
+        .lines()
+        .filter(|l| l.contains("ok: host key verified"))
+        .count();
     assert_eq!(ok_lines, 3, "{}", run.text());
-    assert!(run.text().contains("writable") && run.text().contains("GiB free"), "{}", run.text());
+    assert!(
+        run.text().contains("writable") && run.text().contains("GiB free"),
+        "{}",
+        run.text()
+    );
 
     let down = story.cluster.hosts[2].spec("root");
     story.cluster.hosts[2].stop();
@@ -396,6 +404,9 @@ fn check_reports_every_host_and_names_the_one_that_is_down() {
     let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("FAILED")).collect();
     assert_eq!(failed.len(), 1, "{}", run.text());
     assert!(failed[0].contains(&down), "{}", run.text());
-    assert_eq!(run.stdout().lines().filter(|l| l.contains("ok: ")).count(), 2);
+    assert_eq!(
+        run.stdout().lines().filter(|l| l.contains("ok: ")).count(),
+        2
+    );
     story.assert_untouched();
 }

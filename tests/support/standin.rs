@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16, String),
+    /// A status and a JSON body, sent as `application/json` (as GitHub's
+    /// REST API answers).
+    Json(u16, String),
     /// Reads the request and never answers (until the server is dropped).
     Hang,
 }
@@ -30,6 +33,10 @@ impl Reply {
     pub fn status(code: u16, body: &str) -> Self {
         Self::Status(code, body.to_owned())
     }
+
+    pub fn json(code: u16, body: &serde_json::Value) -> Self {
+        Self::Json(code, body.to_string())
+    }
 }
 
 /// One request as the server saw it.
@@ -38,8 +45,10 @@ pub struct Recorded {
     pub method: String,
     /// Path and query, percent-encoding kept.
     pub path: String,
-    /// Lower-cased names.
+    /// Lower-cased names; for a repeated header, its last value.
     pub headers: BTreeMap<String, String>,
+    /// Every header line in order, names lower-cased, repeats kept.
+    pub header_lines: Vec<(String, String)>,
     pub raw_body: String,
     /// The body as JSON; `Null` when empty or not JSON.
     pub body: serde_json::Value,
@@ -48,6 +57,16 @@ pub struct Recorded {
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(&name.to_lowercase()).map(String::as_str)
+    }
+
+    /// Every value sent for header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        let name = name.to_lowercase();
+        self.header_lines
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The JSON value at `pointer` (RFC 6901, e.g. `/variables/deployment/version`).
@@ -230,24 +249,25 @@ fn serve(stream: TcpStream, state: &Mutex<State>, fallback: &Reply, stop: &Atomi
         state.requests.push(request);
         state.script.pop_front().unwrap_or_else(|| fallback.clone())
     };
-    match reply {
-        Reply::Status(code, body) => {
-            let mut stream = stream;
-            let head = format!(
-                "HTTP/1.1 {code} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                reason(code),
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
-            let _ = stream.flush();
-        }
+    let (code, content_type, body) = match reply {
+        Reply::Status(code, body) => (code, "text/plain", body),
+        Reply::Json(code, body) => (code, "application/json; charset=utf-8", body),
         Reply::Hang => {
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            return;
         }
-    }
+    };
+    let mut stream = stream;
+    let head = format!(
+        "HTTP/1.1 {code} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reason(code),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+    let _ = stream.flush();
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
@@ -256,6 +276,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
     let mut headers = BTreeMap::new();
+    let mut header_lines = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).ok()? == 0 {
@@ -266,7 +287,9 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
             break;
         }
         if let Some((name, value)) = line.split_once(':') {
-            headers.insert(name.trim().to_lowercase(), value.trim().to_owned());
+            let (name, value) = (name.trim().to_lowercase(), value.trim().to_owned());
+            header_lines.push((name.clone(), value.clone()));
+            headers.insert(name, value);
         }
     }
     let length: usize = headers
@@ -281,6 +304,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
         method,
         path,
         headers,
+        header_lines,
         raw_body,
         body,
     })
@@ -289,6 +313,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         202 => "Accepted",
         400 => "Bad Request",
         404 => "Not Found",

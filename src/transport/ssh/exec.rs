@@ -19,6 +19,12 @@ use ssh2::{BlockDirections, ExtendedData, Session};
 pub const CHUNK: usize = 256 * 1024;
 /// The longest single wait, so deadlines and keepalives are checked often.
 const TICK: Duration = Duration::from_millis(50);
+/// The first wait after progress. libssh2 may already hold the bytes it
+/// needs in its own buffer while the socket is empty, so a wait on the
+/// socket can be for nothing: it starts tiny and doubles up to [`TICK`]
+/// while nothing happens. A trivial remote command then costs a few
+/// milliseconds instead of a tick per protocol step.
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
 
 /// Why a command did not finish normally.
 #[derive(Debug)]
@@ -43,6 +49,8 @@ struct Pacer<'a> {
     socket: &'a TcpStream,
     limits: Limits,
     heard: Instant,
+    /// The next idle wait; see [`FIRST_PAUSE`].
+    pause: Duration,
 }
 
 impl Pacer<'_> {
@@ -71,7 +79,8 @@ impl Pacer<'_> {
             // Errors here resurface on the next channel call.
             let _ = self.session.keepalive_send();
         }
-        let mut wait = TICK;
+        let mut wait = self.pause;
+        self.pause = (self.pause * 2).min(TICK);
         if let Some(deadline) = self.limits.deadline {
             wait = wait.min(deadline.saturating_duration_since(now));
         }
@@ -80,7 +89,10 @@ impl Pacer<'_> {
             return Ok(());
         }
         match wait_readable(self.socket, wait) {
-            Ok(true) => self.heard = Instant::now(),
+            Ok(true) => {
+                self.heard = Instant::now();
+                self.pause = FIRST_PAUSE;
+            }
             Ok(false) => {}
             Err(e) => {
                 return Err(Stop::Failed(
@@ -100,7 +112,10 @@ impl Pacer<'_> {
     ) -> Result<T, Stop> {
         loop {
             match op() {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.pause = FIRST_PAUSE;
+                    return Ok(v);
+                }
                 Err(e) if e.code() == ssh2::ErrorCode::Session(-37) => self.idle(false)?,
                 Err(e) => return Err(Stop::Failed(what.to_owned(), e.message().to_owned())),
             }
@@ -190,6 +205,7 @@ pub fn run(
         socket,
         limits,
         heard: Instant::now(),
+        pause: FIRST_PAUSE,
     };
     let mut channel = pacer.retry("opening a channel", || session.channel_session())?;
     pacer.retry("merging stderr", || {
@@ -272,7 +288,9 @@ pub fn run(
         if channel.eof() {
             break;
         }
-        if !progressed {
+        if progressed {
+            pacer.pause = FIRST_PAUSE;
+        } else {
             pacer.idle(feed.is_none() && eof_sent)?;
         }
     }
