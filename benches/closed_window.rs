@@ -99,11 +99,11 @@ fn main() {
         .iter()
         .map(|h| format!("\"{}\"", h.spec(&user)))
         .collect();
+    let host_list = format!("[{}]", hosts.join(", "));
     let app = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[app]\nname = \"bench\"\nkeep_releases = 3\n\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\ndeploy_hook = \"sleep {HOOK_SECONDS}\"\nhealth = {{ command = \"test -f index.html\", retries = 0 }}\n",
-        format!("[{}]", hosts.join(", ")),
-        cluster.deploy_to
+        host_list, cluster.deploy_to
     );
     std::fs::write(app.path().join("slipway.toml"), config).expect("config");
     std::fs::write(app.path().join("index.html"), "0\n").expect("index");
