@@ -86,9 +86,17 @@ impl Context {
                 (commit, branch)
             }
             None => {
-                let head = repo.resolve("HEAD")?;
-                let config = self.config_at(&repo, &head)?;
-                let branch = config.environment(environment)?.branch.clone();
+                // On a git server HEAD often names a branch nobody pushed;
+                // then the environment's branch is the default mapping, the
+                // branch of the same name.
+                let from_head = repo
+                    .resolve("HEAD")
+                    .ok()
+                    .and_then(|head| self.config_at(&repo, &head).ok());
+                let branch = match from_head {
+                    Some(config) => config.environment(environment)?.branch.clone(),
+                    None => environment.to_owned(),
+                };
                 (repo.resolve(&branch)?, branch)
             }
         };

@@ -72,6 +72,23 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         };
         ctx.out.result(&line);
     }
+    // A deploy queued by a detached push hook logs beside the repository.
+    let log = ctx
+        .repo
+        .join("slipway")
+        .join(format!("{}.log", args.environment));
+    if let Ok(text) = std::fs::read_to_string(&log) {
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        ctx.out.result(&format!(
+            "background deploy log: {} (last: {})",
+            log.display(),
+            last.trim()
+        ));
+    }
     Ok(code)
 }
 

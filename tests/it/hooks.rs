@@ -231,6 +231,20 @@ fn detached_mode_returns_at_once_and_the_rollout_completes() {
         (0..3).all(|i| hosts.current(i).is_some()),
         "the background rollout finished"
     );
+    let status = crate::support::run::run(
+        crate::support::run::slipway(app.path()),
+        &[
+            "--repo",
+            server.git_dir.to_str().unwrap(),
+            "status",
+            "production",
+        ],
+    );
+    assert!(
+        status.text().contains("background deploy log:"),
+        "{}",
+        status.text()
+    );
 }
 
 #[test]
@@ -354,5 +368,30 @@ fn a_push_over_ssh_deploys_to_three_ssh_hosts_and_the_pusher_sees_it() {
     assert!(
         seen.contains(&format!("production is live on {release}")),
         "{seen}"
+    );
+}
+
+#[test]
+fn a_forced_non_fast_forward_push_to_production_is_refused_when_configured() {
+    let (app, _hosts, server) = setup("true");
+    std::fs::write(
+        server.git_dir.join("slipway-allow.toml"),
+        "refuse_non_fast_forward = [\"production\"]\n",
+    )
+    .unwrap();
+    assert!(
+        push(&app, "alice", &["origin", "production"], &[])
+            .status
+            .success()
+    );
+    let landed = server.branch("production");
+    app.git(&["commit", "-q", "--amend", "-m", "Rewritten history"]);
+    let out = push(&app, "alice", &["--force", "origin", "production"], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not a fast-forward"), "{}", text(&out));
+    assert_eq!(
+        server.branch("production"),
+        landed,
+        "the branch did not move"
     );
 }

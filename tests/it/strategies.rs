@@ -5,7 +5,69 @@
 use std::collections::BTreeMap;
 
 use crate::support::nginx::{Load, Nginx, Response};
+use crate::support::run::{Run, run, slipway};
+use crate::support::sshd::SshCluster;
 use crate::support::{App, LocalHosts};
+
+/// The same stories over real SSH: three sshd hosts whose deploy roots are
+/// folders nginx serves directly.
+struct SshWeb {
+    app: App,
+    hosts: LocalHosts,
+    cluster: SshCluster,
+}
+
+impl SshWeb {
+    fn new(env: &str) -> Self {
+        let cluster = SshCluster::start(3);
+        let app = App::new("", &[("public/version.txt", "1\n")]);
+        let hosts = LocalHosts {
+            roots: cluster.roots.clone(),
+            deploy_to: cluster.deploy_to.clone(),
+        };
+        let config = config(&hosts, env).replace(&hosts.toml(), &cluster.hosts_toml());
+        app.commit("Configure", &[("slipway.toml", &config)]);
+        Self {
+            app,
+            hosts,
+            cluster,
+        }
+    }
+
+    fn slipway(&self, args: &[&str]) -> Run {
+        let home = self.cluster.path("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let mut cmd = slipway(self.app.path());
+        cmd.env("HOME", &home).env_remove("SSH_AUTH_SOCK");
+        let mut all = args.to_vec();
+        all.extend(["--known-hosts", self.cluster.known_hosts.to_str().unwrap()]);
+        all.extend(["--identity", self.cluster.keys.private.to_str().unwrap()]);
+        run(cmd, &all)
+    }
+
+    /// One nginx per host: the snippet `slipway nginx` prints (the same
+    /// path on every SSH host) pointed at the folder behind each host's
+    /// deploy root.
+    fn servers(&self) -> Vec<Nginx> {
+        let out = self
+            .slipway(&["nginx", "production", "--retry-after", "7"])
+            .success()
+            .stdout();
+        let snippet: String = out
+            .lines()
+            .filter(|l| !l.starts_with("# for "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(snippet.contains(&self.hosts.deploy_to), "{out}");
+        (0..3)
+            .map(|i| {
+                Nginx::start(
+                    &snippet.replace(&self.hosts.deploy_to, self.hosts.root(i).to_str().unwrap()),
+                )
+            })
+            .collect()
+    }
+}
 
 fn config(hosts: &LocalHosts, env: &str) -> String {
     format!(
@@ -74,20 +136,10 @@ fn version(r: &Response) -> Option<u32> {
     (r.status == 200).then(|| r.body.parse().ok()).flatten()
 }
 
-#[test]
-fn rolling_deploys_under_load_fail_no_request_and_never_go_back() {
-    let (app, hosts) = setup(3, "strategy = \"rolling\"\nbatch = 1");
-    app.slipway(&["deploy", "production"]).success();
-    let nginx = servers(&app, &hosts);
-    let addrs: Vec<_> = nginx.iter().map(|n| n.addr).collect();
-    let load = Load::start(&addrs, "/version.txt", 200_000);
-    for v in 2..=11 {
-        release(&app, v);
-        app.slipway(&["deploy", "production"])
-            .success()
-            .lacks("closed for");
-    }
-    let log = load.finish();
+/// What every rolling story checks: no failed request, and no host ever
+/// serving an older version than it already served.
+#[track_caller]
+fn assert_rolling(log: &[Vec<Response>], last: u32) {
     let total: usize = log.iter().map(Vec::len).sum();
     assert!(total > 300, "the load loop ran ({total} requests)");
     for (i, responses) in log.iter().enumerate() {
@@ -106,27 +158,16 @@ fn rolling_deploys_under_load_fail_no_request_and_never_go_back() {
         );
         assert_eq!(
             versions.last(),
-            Some(&11),
+            Some(&last),
             "host {i} ends on the last release"
         );
     }
 }
 
-#[test]
-fn gated_deploy_under_load_answers_only_503_with_retry_after_and_never_mixes_versions() {
-    let (app, hosts) = setup(3, "deploy_hook = \"sleep 1\"");
-    app.slipway(&["deploy", "production"]).success();
-    let nginx = servers(&app, &hosts);
-    let addrs: Vec<_> = nginx.iter().map(|n| n.addr).collect();
-    let load = Load::start(&addrs, "/version.txt", 200_000);
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    release(&app, 2);
-    let run = app
-        .slipway(&["deploy", "production"])
-        .success()
-        .contains("closed for");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let log = load.finish();
+/// What every gated story checks: only 200s and 503s with Retry-After, the
+/// cluster seen closed, and never two versions served at once.
+#[track_caller]
+fn assert_gated(log: &[Vec<Response>], run: &Run) {
     let all: Vec<&Response> = log.iter().flatten().collect();
     let odd: Vec<_> = all
         .iter()
@@ -137,8 +178,10 @@ fn gated_deploy_under_load_answers_only_503_with_retry_after_and_never_mixes_ver
         "only 200s and 503s with Retry-After: {:?}",
         odd.first()
     );
-    let closed = all.iter().filter(|r| r.status == 503).count();
-    assert!(closed > 0, "the cluster was seen closed");
+    assert!(
+        all.iter().any(|r| r.status == 503),
+        "the cluster was seen closed"
+    );
     let last_old = all
         .iter()
         .filter(|r| version(r) == Some(1))
@@ -165,6 +208,75 @@ fn gated_deploy_under_load_answers_only_503_with_retry_after_and_never_mixes_ver
         window.contains('s'),
         "the closed window is printed: {window}"
     );
+}
+
+#[test]
+fn over_ssh_rolling_deploys_under_load_fail_no_request() {
+    let web = SshWeb::new("strategy = \"rolling\"\nbatch = 1");
+    web.slipway(&["deploy", "production"]).success();
+    let nginx = web.servers();
+    let load = Load::start(
+        &nginx.iter().map(|n| n.addr).collect::<Vec<_>>(),
+        "/version.txt",
+        200_000,
+    );
+    for v in 2..=4 {
+        release(&web.app, v);
+        web.slipway(&["deploy", "production"])
+            .success()
+            .contains("never closed");
+    }
+    assert_rolling(&load.finish(), 4);
+}
+
+#[test]
+fn over_ssh_a_gated_deploy_under_load_never_mixes_versions() {
+    let web = SshWeb::new("deploy_hook = \"sleep 1\"");
+    web.slipway(&["deploy", "production"]).success();
+    let nginx = web.servers();
+    let load = Load::start(
+        &nginx.iter().map(|n| n.addr).collect::<Vec<_>>(),
+        "/version.txt",
+        200_000,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    release(&web.app, 2);
+    let run = web.slipway(&["deploy", "production"]).success();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_gated(&load.finish(), &run);
+}
+
+#[test]
+fn rolling_deploys_under_load_fail_no_request_and_never_go_back() {
+    let (app, hosts) = setup(3, "strategy = \"rolling\"\nbatch = 1");
+    app.slipway(&["deploy", "production"]).success();
+    let nginx = servers(&app, &hosts);
+    let addrs: Vec<_> = nginx.iter().map(|n| n.addr).collect();
+    let load = Load::start(&addrs, "/version.txt", 200_000);
+    for v in 2..=11 {
+        release(&app, v);
+        app.slipway(&["deploy", "production"])
+            .success()
+            .lacks("closed for");
+    }
+    assert_rolling(&load.finish(), 11);
+}
+
+#[test]
+fn gated_deploy_under_load_answers_only_503_with_retry_after_and_never_mixes_versions() {
+    let (app, hosts) = setup(3, "deploy_hook = \"sleep 1\"");
+    app.slipway(&["deploy", "production"]).success();
+    let nginx = servers(&app, &hosts);
+    let addrs: Vec<_> = nginx.iter().map(|n| n.addr).collect();
+    let load = Load::start(&addrs, "/version.txt", 200_000);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    release(&app, 2);
+    let run = app
+        .slipway(&["deploy", "production"])
+        .success()
+        .contains("closed for");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_gated(&load.finish(), &run);
 }
 
 #[test]
