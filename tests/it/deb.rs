@@ -338,3 +338,108 @@ fn a_failing_postinst_on_one_host_fails_staging_and_never_closes() {
     assert_eq!(hosts.releases(1), std::slice::from_ref(&before));
     machine_untouched();
 }
+
+/// The same rollout to three real sshd hosts. Each host's dpkg database is
+/// an admindir inside its deploy root (the harness gives every sshd its own
+/// folder behind the shared `deploy_to`), so the machine's package database
+/// is never touched. (The package's /usr/share/doc files do land on the
+/// machine, which the three "hosts" share outside `deploy_to`; the test
+/// removes them.)
+#[test]
+fn over_ssh_packages_install_into_each_hosts_own_dpkg_database_and_roll_back() {
+    use crate::support::run::{run as run_slipway, slipway};
+    use crate::support::sshd::SshCluster;
+    need_tool("dpkg-deb", "dpkg");
+    let cluster = SshCluster::start(3);
+    let deploy_to = cluster.deploy_to.clone();
+    let app = App::new(
+        "",
+        &[
+            ("public/index.html", "v1\n"),
+            ("config/app.ini", "answer = 42\n"),
+            ("debian/postinst", "#!/bin/sh\nexit 0\n"),
+        ],
+    );
+    let text = config(&cluster.hosts_toml(), "deb")
+        .replace(&format!("deploy_to = \"{DEPLOY_TO}\""), &format!("deploy_to = \"{deploy_to}\""))
+        .replace(
+            "dpkg_args = [\"--force-not-root\", \"--force-depends\"]",
+            &format!("dpkg_args = [\"--admindir={deploy_to}/.dpkg\", \"--log={deploy_to}/.dpkg.log\", \"--force-depends\"]"),
+        );
+    assert!(text.contains(".dpkg\""), "the dpkg options were replaced");
+    app.commit("Configure slipway", &[("slipway.toml", &text)]);
+    let hosts = LocalHosts {
+        roots: cluster.roots.clone(),
+        deploy_to: deploy_to.clone(),
+    };
+    for i in 0..3 {
+        let admin = hosts.root(i).join(".dpkg");
+        for dir in ["info", "updates", "triggers"] {
+            std::fs::create_dir_all(admin.join(dir)).unwrap();
+        }
+        std::fs::write(admin.join("status"), "").unwrap();
+    }
+    let home = cluster.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let deploy = |args: &[&str]| {
+        let mut cmd = slipway(app.path());
+        cmd.env("HOME", &home).env_remove("SSH_AUTH_SOCK");
+        let mut all = args.to_vec();
+        all.extend([
+            "--known-hosts",
+            cluster.known_hosts.to_str().unwrap(),
+            "--identity",
+            cluster.keys.private.to_str().unwrap(),
+        ]);
+        run_slipway(cmd, &all)
+    };
+    let listed = |i: usize| {
+        let (ok, text) = run(Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                hosts.root(i).join(".dpkg").display()
+            ))
+            .args(["-W", "-f", "${Package} ${Status}\n"]));
+        assert!(ok, "{text}");
+        let mut names: Vec<String> = text
+            .lines()
+            .filter(|l| l.ends_with("install ok installed"))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    deploy(&["deploy", "production"]).success();
+    let first = hosts.current(0).expect("a release");
+    app.commit("Second", &[("public/index.html", "v2\n")]);
+    deploy(&["deploy", "production"]).success();
+    let second = hosts.current(0).expect("a release");
+    let mut both = vec![package(&first), package(&second)];
+    both.sort();
+    for i in 0..3 {
+        assert_eq!(
+            hosts.current(i).as_deref(),
+            Some(second.as_str()),
+            "host {i}"
+        );
+        assert_eq!(
+            hosts.read(i, "current/public/index.html").as_deref(),
+            Some("v2\n")
+        );
+        assert_eq!(
+            listed(i),
+            both,
+            "host {i}'s own dpkg database lists both releases"
+        );
+    }
+    deploy(&["rollback", "production"]).success();
+    assert!((0..3).all(|i| hosts.current(i).as_deref() == Some(first.as_str())));
+    let machine = std::fs::read_to_string("/var/lib/dpkg/status").unwrap_or_default();
+    assert!(
+        !machine.contains("shop-release-"),
+        "the machine's dpkg database was touched"
+    );
+    for id in [&first, &second] {
+        let _ = std::fs::remove_dir_all(format!("/usr/share/doc/{}", package(id)));
+    }
+}
