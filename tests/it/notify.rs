@@ -613,7 +613,7 @@ async fn config_errors_name_the_key_or_the_variable_and_never_a_value() {
 // ---------------------------------------------------------------------
 // The real binary. These assume `slipway deploy` feeds `Notifiers` built
 // from the deployed commit's `[notify]` and that `slipway notify test`
-// exists; they are ignored until that wiring lands.
+// exists.
 // ---------------------------------------------------------------------
 
 fn app_with_notify(notify: &str, hook: &str) -> (App, LocalHosts) {
@@ -764,4 +764,36 @@ fn notify_test_reports_each_notifier_and_fails_if_one_does() {
         .first()
         .expect("graphite got a test event")
         .assert_request("POST", "/events/");
+}
+
+#[test]
+fn a_real_graphite_web_records_the_deploy_event() {
+    let graphite = crate::support::graphite::GraphiteWeb::start();
+    let (app, hosts) = app_with_notify(
+        &format!(
+            "[notify]\ngraphite = {{ url = \"{}\", tags = [\"deploy\"] }}\n",
+            graphite.url()
+        ),
+        "true",
+    );
+    let run = app.slipway(&["deploy", "production"]).success();
+    let release = hosts.current(0).expect("deployed");
+    assert!(!run.text().contains("warning: notifier"), "{}", run.text());
+    let events = graphite.events();
+    let event = events
+        .iter()
+        .find(|e| {
+            e["data"].as_str().is_some_and(|d| d.contains(&release))
+                || e["what"].as_str().is_some_and(|w| w.contains(&release))
+        })
+        .unwrap_or_else(|| panic!("no event for {release} in {events:?}"));
+    let tags: Vec<&str> = event["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    for tag in ["deploy", "shop", "production"] {
+        assert!(tags.contains(&tag), "tag {tag} missing: {tags:?}");
+    }
 }
