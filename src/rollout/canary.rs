@@ -184,22 +184,7 @@ pub async fn promote(
     canary: &CanaryState,
 ) -> Result<Report, RolloutError> {
     let started = Instant::now();
-    let me = lock::owner(&r.deploy_id, &r.plan.deployer);
-    lock::acquire(
-        cluster,
-        &r.plan.environment,
-        &me,
-        r.plan.lock_wait,
-        r.sink.as_ref(),
-    )
-    .await?;
-    let result = promote_locked(cluster, r, canary, started).await;
-    for e in lock::unlock(cluster, &r.deploy_id).await {
-        r.sink.emit(&Event::Note {
-            message: format!("could not release the lock: {e}"),
-        });
-    }
-    result
+    lock::held(cluster, r, promote_locked(cluster, r, canary, started)).await
 }
 
 async fn promote_locked(
@@ -249,16 +234,15 @@ pub async fn revert(
     r: &Rollout,
     canary: &CanaryState,
 ) -> Result<Report, RolloutError> {
+    lock::held(cluster, r, revert_locked(cluster, r, canary)).await
+}
+
+async fn revert_locked(
+    cluster: &Cluster,
+    r: &Rollout,
+    canary: &CanaryState,
+) -> Result<Report, RolloutError> {
     let started = Instant::now();
-    let me = lock::owner(&r.deploy_id, &r.plan.deployer);
-    lock::acquire(
-        cluster,
-        &r.plan.environment,
-        &me,
-        r.plan.lock_wait,
-        r.sink.as_ref(),
-    )
-    .await?;
     let previous: PerHost<Option<String>> = Arc::new(canary.previous.clone());
     let switched = cluster.subset(&canary.switched);
     let error = steps::roll_back(
@@ -268,13 +252,7 @@ pub async fn revert(
         (Phase::Rollback, "canary reverted".to_owned()),
     )
     .await;
-    let cleared = clear_record(cluster).await;
-    for e in lock::unlock(cluster, &r.deploy_id).await {
-        r.sink.emit(&Event::Note {
-            message: format!("could not release the lock: {e}"),
-        });
-    }
-    cleared?;
+    clear_record(cluster).await?;
     match error {
         RolloutError::RolledBack { unreachable, .. } if unreachable.is_empty() => Ok(Report {
             release: previous

@@ -69,42 +69,14 @@ pub async fn deploy(cluster: &Cluster, r: &Rollout) -> Result<Report, RolloutErr
 
 /// Takes the lock, runs the strategy, gives the lock back.
 async fn locked(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Report, RolloutError> {
-    let me = lock::owner(&r.deploy_id, &r.plan.deployer);
-    let lock_started = Instant::now();
-    let taken = lock::acquire(
-        cluster,
-        &r.plan.environment,
-        &me,
-        r.plan.lock_wait,
-        r.sink.as_ref(),
-    )
-    .await;
-    for host in &cluster.hosts {
-        r.sink.emit(&match &taken {
-            Ok(()) => Event::HostPhase {
-                host: host.name().to_owned(),
-                phase: Phase::Lock,
-                took: lock_started.elapsed(),
-            },
-            Err(e) => Event::HostFailed {
-                host: host.name().to_owned(),
-                phase: Phase::Lock,
-                error: e.to_string(),
-            },
-        });
-    }
-    taken?;
-    let result = match r.plan.strategy {
-        Strategy::Gated => gated(cluster, r, started).await,
-        Strategy::Rolling => super::rolling::rolling(cluster, r, started).await,
-        Strategy::Canary => super::canary::canary(cluster, r, started).await,
+    let strategy = async {
+        match r.plan.strategy {
+            Strategy::Gated => gated(cluster, r, started).await,
+            Strategy::Rolling => super::rolling::rolling(cluster, r, started).await,
+            Strategy::Canary => super::canary::canary(cluster, r, started).await,
+        }
     };
-    for e in lock::unlock(cluster, &r.deploy_id).await {
-        r.sink.emit(&Event::Note {
-            message: format!("could not release the lock: {e}"),
-        });
-    }
-    result
+    lock::held(cluster, r, strategy).await
 }
 
 /// Reads the hosts, refuses to run over an interrupted rollout, and stages

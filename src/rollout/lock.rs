@@ -42,6 +42,53 @@ fn is_stale(holder: &LockOwner) -> bool {
         && !std::path::Path::new(&format!("/proc/{}", holder.pid)).exists()
 }
 
+/// Runs `work` with the environment locked on every host (a lock phase
+/// event per host), and gives the lock back whatever `work` returned.
+/// `work` is a future, so nothing in it starts before the lock is held.
+///
+/// # Errors
+/// [`RolloutError::Locked`] when the lock is held elsewhere; else what
+/// `work` returned.
+pub async fn held<T>(
+    cluster: &Cluster,
+    r: &super::steps::Rollout,
+    work: impl std::future::Future<Output = Result<T, RolloutError>>,
+) -> Result<T, RolloutError> {
+    let me = owner(&r.deploy_id, &r.plan.deployer);
+    let started = Instant::now();
+    let taken = acquire(
+        cluster,
+        &r.plan.environment,
+        &me,
+        r.plan.lock_wait,
+        r.sink.as_ref(),
+    )
+    .await;
+    for host in &cluster.hosts {
+        let host = host.name().to_owned();
+        r.sink.emit(&match &taken {
+            Ok(()) => Event::HostPhase {
+                host,
+                phase: crate::notify::Phase::Lock,
+                took: started.elapsed(),
+            },
+            Err(e) => Event::HostFailed {
+                host,
+                phase: crate::notify::Phase::Lock,
+                error: e.to_string(),
+            },
+        });
+    }
+    taken?;
+    let result = work.await;
+    for e in unlock(cluster, &r.deploy_id).await {
+        r.sink.emit(&Event::Note {
+            message: format!("could not release the lock: {e}"),
+        });
+    }
+    result
+}
+
 /// Locks every host, waiting up to `wait` for another rollout to finish.
 ///
 /// # Errors
