@@ -444,3 +444,38 @@ fn an_interrupted_rollout_blocks_new_ones_until_recovered() {
         .success()
         .lacks("INTERRUPTED");
 }
+
+/// README's first command must stay true: the demo deploys, deploys a
+/// second commit and rolls back, all hosts ending on the first release.
+#[test]
+fn the_demo_runs_a_full_gated_rollout_with_no_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .env("CI", "true")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let hosts = LocalHosts {
+        roots: (1..=3)
+            .map(|i| dir.path().join(format!("hosts/web{i}")))
+            .collect(),
+        deploy_to: "/srv/demo".into(),
+    };
+    let first = hosts.history(0)[0]["release"].as_str().unwrap().to_owned();
+    assert!(
+        (0..3).all(|i| hosts.current(i).as_deref() == Some(first.as_str())),
+        "{text}"
+    );
+    assert!(
+        (0..3).all(|i| hosts.history(i).len() == 3),
+        "deploy, deploy, rollback"
+    );
+    assert!(text.contains(&format!("rolled back to {first}")), "{text}");
+}
