@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::json;
 use serde_yaml_ng::Value as Yaml;
 
-use crate::support::run::{Run, run, slipway};
+use crate::support::run::{Run, run, slipway_for, ssh_flags};
 use crate::support::sshd::SshCluster;
 use crate::support::standin::{Recorded, Reply, StandIn};
 use crate::support::{App, LocalHosts};
@@ -214,21 +214,21 @@ impl Story {
     fn ci(&self, event_name: &str, event: &Path, api: &str) -> Step {
         let output = self.file("github_output", "");
         let summary = self.file("step_summary", "");
-        let mut cmd = slipway(self.app.path());
+        let mut cmd = slipway_for(self.app.path(), &self.cluster);
         // Nothing of a real runner running these tests leaks in.
         for (key, _) in std::env::vars() {
             if key.starts_with("GITHUB_") || key.starts_with("RUNNER_") {
                 cmd.env_remove(key);
             }
         }
-        cmd.env_remove("SSH_AUTH_SOCK")
-            .envs(self.runner_env(event_name, event, api))
+        cmd.envs(self.runner_env(event_name, event, api))
             .env("GITHUB_OUTPUT", &output)
             .env("GITHUB_STEP_SUMMARY", &summary)
             .env("SLIPWAY_GITHUB_TOKEN", TOKEN);
-        let known = self.cluster.known_hosts.to_str().expect("utf-8");
-        let key = self.cluster.keys.private.to_str().expect("utf-8");
-        let run = run(cmd, &["ci", "--known-hosts", known, "--identity", key]);
+        let flags = ssh_flags(&self.cluster);
+        let mut args = vec!["ci"];
+        args.extend(flags.iter().map(String::as_str));
+        let run = run(cmd, &args);
         let written = std::fs::read_to_string(&output).expect("GITHUB_OUTPUT");
         let (outputs, delimiters) = step_outputs(&written);
         Step {

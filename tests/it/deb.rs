@@ -125,13 +125,12 @@ fn the_deb(dir: &Path) -> PathBuf {
     debs[0].clone()
 }
 
-/// `package status` lines of the dpkg database of host `i`.
-fn installed(hosts: &LocalHosts, i: usize) -> Vec<String> {
-    let admindir = hosts.roots[i].join("var/lib/dpkg");
+/// The packages installed in the dpkg database at `admindir`, sorted.
+fn installed(admindir: &Path) -> Vec<String> {
     let (ok, text) = run(Command::new("dpkg-query")
         .arg(format!("--admindir={}", admindir.display()))
         .args(["-W", "-f", "${Package} ${Status}\n"]));
-    assert!(ok, "dpkg-query on host {i}: {text}");
+    assert!(ok, "dpkg-query in {}: {text}", admindir.display());
     let mut lines: Vec<String> = text
         .lines()
         .filter(|l| l.ends_with(" install ok installed"))
@@ -235,7 +234,7 @@ fn a_gated_rollout_of_packages_installs_rolls_back_and_purges() {
         // order by hash, not by time.
         let mut both = vec![package(&first), package(&second)];
         both.sort();
-        assert_eq!(installed(&hosts, i), both);
+        assert_eq!(installed(&hosts.roots[i].join("var/lib/dpkg")), both);
         let log = hosts.read(i, "shared/postinst.log").unwrap_or_default();
         assert!(
             log.contains(&format!("configure {}", package(&second))),
@@ -283,7 +282,7 @@ fn a_gated_rollout_of_packages_installs_rolls_back_and_purges() {
         let mut expected: Vec<String> = releases.iter().map(|r| package(r)).collect();
         expected.sort();
         assert_eq!(
-            installed(&hosts, i),
+            installed(&hosts.roots[i].join("var/lib/dpkg")),
             expected,
             "one package per release dir on host {i}"
         );
@@ -295,7 +294,7 @@ fn a_gated_rollout_of_packages_installs_rolls_back_and_purges() {
         let pruned: Vec<&String> = ids.iter().filter(|id| !releases.contains(id)).collect();
         for id in pruned {
             assert!(
-                !installed(&hosts, i).contains(&package(id)),
+                !installed(&hosts.roots[i].join("var/lib/dpkg")).contains(&package(id)),
                 "{id} was purged"
             );
         }
@@ -334,7 +333,10 @@ fn a_failing_postinst_on_one_host_fails_staging_and_never_closes() {
         assert!(!hosts.root(i).join(".slipway/lock").exists());
     }
     // The failed package was purged again: no half release to switch to.
-    assert_eq!(installed(&hosts, 1), [package(&before)]);
+    assert_eq!(
+        installed(&hosts.roots[1].join("var/lib/dpkg")),
+        [package(&before)]
+    );
     assert_eq!(hosts.releases(1), std::slice::from_ref(&before));
     machine_untouched();
 }
@@ -347,7 +349,7 @@ fn a_failing_postinst_on_one_host_fails_staging_and_never_closes() {
 /// removes them.)
 #[test]
 fn over_ssh_packages_install_into_each_hosts_own_dpkg_database_and_roll_back() {
-    use crate::support::run::{run as run_slipway, slipway};
+    use crate::support::run::run_over_ssh;
     use crate::support::sshd::SshCluster;
     need_tool("dpkg-deb", "dpkg");
     let cluster = SshCluster::start(3);
@@ -379,36 +381,8 @@ fn over_ssh_packages_install_into_each_hosts_own_dpkg_database_and_roll_back() {
         }
         std::fs::write(admin.join("status"), "").unwrap();
     }
-    let home = cluster.path("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let deploy = |args: &[&str]| {
-        let mut cmd = slipway(app.path());
-        cmd.env("HOME", &home).env_remove("SSH_AUTH_SOCK");
-        let mut all = args.to_vec();
-        all.extend([
-            "--known-hosts",
-            cluster.known_hosts.to_str().unwrap(),
-            "--identity",
-            cluster.keys.private.to_str().unwrap(),
-        ]);
-        run_slipway(cmd, &all)
-    };
-    let listed = |i: usize| {
-        let (ok, text) = run(Command::new("dpkg-query")
-            .arg(format!(
-                "--admindir={}",
-                hosts.root(i).join(".dpkg").display()
-            ))
-            .args(["-W", "-f", "${Package} ${Status}\n"]));
-        assert!(ok, "{text}");
-        let mut names: Vec<String> = text
-            .lines()
-            .filter(|l| l.ends_with("install ok installed"))
-            .map(|l| l.split(' ').next().unwrap().to_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let deploy = |args: &[&str]| run_over_ssh(app.path(), &cluster, args);
+    let listed = |i: usize| installed(&hosts.root(i).join(".dpkg"));
     deploy(&["deploy", "production"]).success();
     let first = hosts.current(0).expect("a release");
     app.commit("Second", &[("public/index.html", "v2\n")]);

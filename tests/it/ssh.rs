@@ -2,11 +2,11 @@
 //! addresses, the real binary, strict host keys. Each test is one story a
 //! user could live through.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::run::{Run, run, slipway};
+use crate::support::run::{Run, run, run_over_ssh, slipway_for};
 use crate::support::sshd::{Keys, SshCluster};
 use crate::support::{App, LocalHosts};
 
@@ -16,7 +16,6 @@ struct Story {
     app: App,
     cluster: SshCluster,
     hosts: LocalHosts,
-    home: PathBuf,
 }
 
 fn config(cluster: &SshCluster, hook: &str, extra: &str) -> String {
@@ -54,38 +53,25 @@ impl Story {
             roots: cluster.roots.clone(),
             deploy_to: cluster.deploy_to.clone(),
         };
-        // An empty home: no ~/.ssh of the machine running the tests leaks in.
-        let home = cluster.path("home");
-        std::fs::create_dir_all(&home).expect("home");
         Self {
             app,
             cluster,
             hosts,
-            home,
         }
     }
 
     /// `slipway <args>` with the cluster's known_hosts and key.
     fn slipway(&self, args: &[&str]) -> Run {
-        let key = self
-            .cluster
-            .keys
-            .private
-            .to_str()
-            .expect("utf-8")
-            .to_owned();
-        self.slipway_with(args, &["--identity", &key])
+        run_over_ssh(self.app.path(), &self.cluster, args)
     }
 
     /// `slipway <args> <auth>` with the cluster's known_hosts.
     fn slipway_with(&self, args: &[&str], auth: &[&str]) -> Run {
-        let mut cmd = slipway(self.app.path());
-        cmd.env("HOME", &self.home).env_remove("SSH_AUTH_SOCK");
         let known = self.cluster.known_hosts.to_str().expect("utf-8");
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--known-hosts", known]);
         all.extend(auth);
-        run(cmd, &all)
+        run(slipway_for(self.app.path(), &self.cluster), &all)
     }
 
     fn hook_runs(&self) -> Vec<usize> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::support::nginx::{Load, Nginx, Response};
-use crate::support::run::{Run, run, slipway};
+use crate::support::run::{Run, run_over_ssh};
 use crate::support::sshd::SshCluster;
 use crate::support::{App, LocalHosts};
 
@@ -35,14 +35,7 @@ impl SshWeb {
     }
 
     fn slipway(&self, args: &[&str]) -> Run {
-        let home = self.cluster.path("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let mut cmd = slipway(self.app.path());
-        cmd.env("HOME", &home).env_remove("SSH_AUTH_SOCK");
-        let mut all = args.to_vec();
-        all.extend(["--known-hosts", self.cluster.known_hosts.to_str().unwrap()]);
-        all.extend(["--identity", self.cluster.keys.private.to_str().unwrap()]);
-        run(cmd, &all)
+        run_over_ssh(self.app.path(), &self.cluster, args)
     }
 
     /// One nginx per host: the snippet `slipway nginx` prints (the same

@@ -97,3 +97,34 @@ pub fn run(mut cmd: Command, args: &[&str]) -> Run {
         output,
     }
 }
+
+/// A `slipway` command in `repo` that reaches `cluster` the way a deployer
+/// with nothing but the cluster's known_hosts and key would: an empty HOME
+/// (no `~/.ssh` of the machine running the tests leaks in) and no agent.
+/// Add [`ssh_flags`] to its arguments.
+pub fn slipway_for(repo: &Path, cluster: &super::sshd::SshCluster) -> Command {
+    let home = cluster.path("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut cmd = slipway(repo);
+    cmd.env("HOME", &home).env_remove("SSH_AUTH_SOCK");
+    cmd
+}
+
+/// `--known-hosts` and `--identity` for `cluster`.
+pub fn ssh_flags(cluster: &super::sshd::SshCluster) -> [String; 4] {
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    [
+        "--known-hosts".to_owned(),
+        path(&cluster.known_hosts),
+        "--identity".to_owned(),
+        path(&cluster.keys.private),
+    ]
+}
+
+/// Runs `slipway <args>` in `repo` against `cluster`.
+pub fn run_over_ssh(repo: &Path, cluster: &super::sshd::SshCluster, args: &[&str]) -> Run {
+    let flags = ssh_flags(cluster);
+    let mut all = args.to_vec();
+    all.extend(flags.iter().map(String::as_str));
+    run(slipway_for(repo, cluster), &all)
+}
