@@ -171,7 +171,9 @@ impl Plan {
         })
     }
 
-    fn rolling_steps(&self) -> Vec<String> {
+    /// Rolling and canary start alike: lock, stage everywhere, then the
+    /// hook in the staged release before any host switches.
+    fn hook_before_switching_steps(&self) -> Vec<String> {
         let mut steps = vec![
             format!("lock {} on every host", self.environment),
             "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)"
@@ -181,6 +183,11 @@ impl Plan {
             self.hook_step()
                 .map(|h| format!("{h}, before any host switches")),
         );
+        steps
+    }
+
+    fn rolling_steps(&self) -> Vec<String> {
+        let mut steps = self.hook_before_switching_steps();
         let per = self.batch.of(self.hosts.len()).max(1);
         for (i, batch) in self.hosts.chunks(per).enumerate() {
             steps.push(format!(
@@ -213,15 +220,7 @@ impl Plan {
             .as_ref()
             .map_or(crate::config::Share::Percent(34), |c| c.share)
             .of(rest.len());
-        let mut steps = vec![
-            format!("lock {} on every host", self.environment),
-            "stage: upload, verify sha256, unpack, link shared, write env file (all hosts)"
-                .to_owned(),
-        ];
-        steps.extend(
-            self.hook_step()
-                .map(|h| format!("{h}, before any host switches")),
-        );
+        let mut steps = self.hook_before_switching_steps();
         steps.push(format!(
             "stage 1: switch the canaries ({}) and check them",
             canaries.join(", ")

@@ -120,10 +120,6 @@ impl Layout {
         let release = format!("releases/{id}");
         let staging = format!("releases/.{id}.staging");
         let incoming = format!(".slipway/incoming/{}.tar.gz", stage.sha256);
-        let mismatch = format!(
-            "the uploaded artifact does not match sha256 {}; it was changed or truncated on the way",
-            stage.sha256
-        );
         let live = format!(
             "release {id} is live with different content; build it again or deploy another commit"
         );
@@ -139,26 +135,7 @@ impl Layout {
             )?
             .line("printf '%s\\n' {} > {}/.slipway-artifact", [stage.sha256, &staging])?
             .cmd(["mv", &staging, &release])?;
-        let body = indent(unpack.as_str());
-        let script = self
-            .start()?
-            .line(
-                "if ! printf '%s  %s\\n' {} {} | sha256sum -c --status; then printf '%s\\n' {} >&2; exit 65; fi",
-                [stage.sha256, &incoming, &mismatch],
-            )?
-            .line(
-                "if [ -f {}/.slipway-artifact ] && [ \"$(cat {}/.slipway-artifact)\" = {} ]; then echo 'already staged; reusing it'; else :",
-                [&release, &release, stage.sha256],
-            )?;
-        let mut text = script.as_str().to_owned();
-        text.push_str(&body);
-        text.push_str("fi\n");
-        Script::from_trusted(text)
-            .line(
-                "(umask 077; cat > {}/.slipway.env.new) && mv -f {}/.slipway.env.new {}/.slipway.env",
-                [&release, &release, &release],
-            )?
-            .cmd(["rm", "-f", &incoming])
+        self.verified_unless_staged(stage, "artifact", &incoming, &unpack)
     }
 
     /// [`Layout::stage`] for a Debian package: verify, `dpkg --install`
@@ -170,10 +147,6 @@ impl Layout {
         let release = format!("releases/{id}");
         let package = dpkg.package(id);
         let incoming = format!(".slipway/incoming/{}.deb", stage.sha256);
-        let mismatch = format!(
-            "the uploaded package does not match sha256 {}; it was changed or truncated on the way",
-            stage.sha256
-        );
         let live = format!(
             "release {id} is live with different content; build it again or deploy another commit"
         );
@@ -213,25 +186,43 @@ impl Layout {
             "printf '%s\\n' {} > {}/.slipway-artifact",
             [stage.sha256, &release],
         )?;
+        self.verified_unless_staged(stage, "package", &incoming, &install)
+    }
+
+    /// What staging a tarball and a package share: verify the upload's
+    /// sha256; run `body` unless the release was already staged from the
+    /// same bytes; write the env file from stdin; drop the upload.
+    fn verified_unless_staged(
+        &self,
+        stage: &Stage<'_>,
+        what: &str,
+        incoming: &str,
+        body: &Script,
+    ) -> Result<Script, Unquotable> {
+        let release = format!("releases/{}", stage.release);
+        let mismatch = format!(
+            "the uploaded {what} does not match sha256 {}; it was changed or truncated on the way",
+            stage.sha256
+        );
         let script = self
             .start()?
             .line(
                 "if ! printf '%s  %s\\n' {} {} | sha256sum -c --status; then printf '%s\\n' {} >&2; exit 65; fi",
-                [stage.sha256, &incoming, &mismatch],
+                [stage.sha256, incoming, &mismatch],
             )?
             .line(
                 "if [ -f {}/.slipway-artifact ] && [ \"$(cat {}/.slipway-artifact)\" = {} ]; then echo 'already staged; reusing it'; else :",
                 [&release, &release, stage.sha256],
             )?;
         let mut text = script.as_str().to_owned();
-        text.push_str(&indent(install.as_str()));
+        text.push_str(&indent(body.as_str()));
         text.push_str("fi\n");
         Script::from_trusted(text)
             .line(
                 "(umask 077; cat > {}/.slipway.env.new) && mv -f {}/.slipway.env.new {}/.slipway.env",
                 [&release, &release, &release],
             )?
-            .cmd(["rm", "-f", &incoming])
+            .cmd(["rm", "-f", incoming])
     }
 
     /// Points `current` at `release` (or removes it, for a host that had no
