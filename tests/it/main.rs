@@ -11,3 +11,4 @@ mod local;
 mod notify;
 mod ssh;
 mod strategies;
+mod trust;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod git_host;
 pub mod graphite;
 pub mod nginx;
 pub mod run;
