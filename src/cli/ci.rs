@@ -82,7 +82,7 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
             return Err(refuse(
                 actions.as_ref(),
                 &format!(
-                    "this job declares environment `{declared}`, but `{branch}` deploys `{env}`;                      slipway deploys only to the job's environment, whose protection rules and secrets guard it.                      Run `{env}` deploys in a job with `environment: {env}`"
+                    "this job declares environment `{declared}`, but `{branch}` deploys `{env}`; slipway deploys only to the job's environment, whose protection rules and secrets guard it. Run `{env}` deploys in a job with `environment: {env}`"
                 ),
             ));
         }
@@ -90,7 +90,7 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
             return Err(refuse(
                 actions.as_ref(),
                 &format!(
-                    "`{branch}` deploys `{env}`, but this job declares no environment;                      add `environment: {env}` to the job and pass `environment: {env}` to the action                      (SLIPWAY_ENVIRONMENT), so GitHub's protection rules and environment secrets guard it"
+                    "`{branch}` deploys `{env}`, but this job declares no environment; add `environment: {env}` to the job and pass `environment: {env}` to the action (SLIPWAY_ENVIRONMENT), so GitHub's protection rules and environment secrets guard it"
                 ),
             ));
         }
