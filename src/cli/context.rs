@@ -40,7 +40,7 @@ impl Context {
     /// When the pin file (`--pins`, or a hook's default one) is unreadable
     /// or invalid.
     pub fn new(cli: &Cli) -> anyhow::Result<Self> {
-        let on_git_server = matches!(cli.command, super::Command::Hook(_));
+        let on_git_server = cli.git_server || matches!(cli.command, super::Command::Hook(_));
         let pin_file = cli.pins.clone().or_else(|| {
             on_git_server
                 .then(|| cli.repo.join(config::PIN_FILE))

@@ -210,6 +210,11 @@ fn detach(ctx: &Context, args: &DeployArgs) -> anyhow::Result<PathBuf> {
         .arg(&git_dir)
         .arg("--config")
         .arg(&ctx.config_path);
+    // The background deploy keeps the git server's rules and pins.
+    cmd.arg("--git-server");
+    if let Some((_, pins)) = &ctx.pins {
+        cmd.arg("--pins").arg(std::path::absolute(pins)?);
+    }
     cmd.args(["deploy", &args.environment, "--wait", "1h"]);
     cmd.args(["--ref", args.git_ref.as_deref().unwrap_or_default()]);
     if let Some(branch) = &args.branch {

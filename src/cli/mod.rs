@@ -109,6 +109,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLIPWAY_PINS")]
     pub pins: Option<PathBuf>,
 
+    /// Run with a git server's rules (set by the hooks for the deploys they
+    /// start): without pins a branch reaches only its namesake environment,
+    /// and pushed build steps must be sandboxed.
+    #[arg(long, global = true, hide = true, env = "SLIPWAY_GIT_SERVER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub git_server: bool,
+
     /// Print less: only results and errors.
     #[arg(long, short, global = true, env = "SLIPWAY_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
