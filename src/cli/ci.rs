@@ -348,7 +348,7 @@ impl Tracker {
 fn warn_plain(actions: Option<&Actions>, message: &str) {
     match actions {
         Some(a) => a.warning(message),
-        None => eprintln!("warning: {message}"),
+        None => super::output::err_line(&format!("warning: {message}")),
     }
 }
 

@@ -182,7 +182,7 @@ pub enum NotifyCommand {
 /// Runs slipway as a process.
 pub fn main() -> ExitCode {
     if let Err(e) = hook_env::reexec_with_hook_env() {
-        eprintln!("slipway: {e:#}");
+        output::err_line(&format!("slipway: {e:#}"));
         return ExitCode::from(exit::USAGE);
     }
     let cli = Cli::parse();
@@ -190,14 +190,14 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::err_line(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILED);
         }
     };
     let ctx = match Context::new(&cli) {
         Ok(ctx) => ctx,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::err_line(&format!("error: {e:#}"));
             return ExitCode::from(exit_code(&e));
         }
     };
