@@ -9,6 +9,7 @@ mod deb;
 mod hooks;
 mod local;
 mod notify;
+mod operator;
 mod output;
 mod ssh;
 mod strategies;
