@@ -148,8 +148,7 @@ impl Repo {
             source,
         };
         // Like git, a repository is found from any folder inside it.
-        let mut repo =
-            gix::ThreadSafeRepository::discover(path).map_err(|e| open_error(e.into()))?;
+        let mut repo = gix::ThreadSafeRepository::discover(path).map_err(open_error)?;
         let overlay = match ObjectDirs::from_env(&env) {
             Some(dirs) => {
                 let (dir, store) =
