@@ -6,7 +6,6 @@
 //! them), and everything printed reaches the pusher as `remote:` lines.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -78,10 +77,7 @@ pub async fn hook(ctx: &Context, command: HookCommand) -> anyhow::Result<u8> {
 }
 
 fn read_updates() -> anyhow::Result<Vec<RefUpdate>> {
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .context("reading the hook's input")?;
+    let input = crate::limits::hook_stdin()?;
     Ok(trigger::parse_receive(&input)?)
 }
 

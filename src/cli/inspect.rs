@@ -111,7 +111,7 @@ pub async fn nginx(ctx: &Context, args: &NginxArgs) -> anyhow::Result<u8> {
     let cluster = ctx.connect(env).await?;
     let mut seen = Vec::new();
     for host in &cluster.hosts {
-        let snippet = host.layout.nginx_snippet(&args.public, args.retry_after);
+        let snippet = host.layout.nginx_snippet(&args.public, args.retry_after)?;
         if !seen.contains(&snippet) {
             ctx.out.result(&format!("# for {}\n{snippet}", host.name()));
             seen.push(snippet);

@@ -21,6 +21,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, UnknownEnvironment};
 pub use schema::*;
+pub use validate::is_plain_path_char;
 
 use error::{KeyPath, Segment, line_column};
 use locate::Locator;
