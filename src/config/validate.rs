@@ -4,8 +4,10 @@
 //! names, one environment per branch, ...). Invariant: each rule reports an
 //! [`Issue`] naming the exact key at fault with a sentence that says what to
 //! do; rules never stop at the first problem, the caller picks which to show.
-//! Values here end up in shell commands, ssh arguments, file paths and
-//! `authorized_keys`, so the rules are deliberately strict.
+//! Values here end up in shell commands, ssh arguments, file paths (some of
+//! them `rm -rf`'d on hosts), nginx directives and `authorized_keys`, so the
+//! rules are deliberately strict: a path that is written into the release
+//! must be a clean relative path that stays inside it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
