@@ -12,6 +12,7 @@ pub mod artifact;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod notify;
 pub mod pipeline;
 pub mod plan;

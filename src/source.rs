@@ -104,6 +104,16 @@ pub enum SourceError {
         file: String,
         kind: &'static str,
     },
+    #[error(
+        "`{file}` in commit {commit} is {size} bytes, larger than {}, slipway's cap for a file it reads from a commit; keep the config under that size",
+        crate::limits::human(*.limit)
+    )]
+    TooLarge {
+        commit: String,
+        file: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot export commit {commit} into {}: {reason}", dest.display())]
     ExportDest {
         commit: String,
@@ -179,6 +189,10 @@ impl Repo {
 
     /// The contents of the regular file at `path` in the commit's tree, or
     /// `None` when nothing is there.
+    ///
+    /// Only for small files such as the config: a blob larger than
+    /// [`crate::limits::CONFIG_BYTES`] is refused from its header, before
+    /// any of it is inflated, since the commit is whatever was pushed.
     pub fn read_file(&self, commit_id: &str, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
         let repo = self.repo.to_thread_local();
         let commit = self.find_commit(&repo, commit_id)?;
@@ -189,6 +203,16 @@ impl Repo {
         };
         match entry.mode().kind() {
             EntryKind::Blob | EntryKind::BlobExecutable => {
+                let size = repo.find_header(entry.object_id()).map_err(read)?.size();
+                let limit = crate::limits::CONFIG_BYTES;
+                if size > limit {
+                    return Err(SourceError::TooLarge {
+                        commit: commit_id.to_owned(),
+                        file: path.to_owned(),
+                        size,
+                        limit,
+                    });
+                }
                 Ok(Some(entry.object().map_err(read)?.detach().data))
             }
             kind => Err(SourceError::NotAFile {

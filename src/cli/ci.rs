@@ -43,8 +43,7 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         .context("GITHUB_EVENT_NAME is not set; `slipway ci` runs inside GitHub Actions")?;
     let event_path = std::env::var("GITHUB_EVENT_PATH")
         .context("GITHUB_EVENT_PATH is not set; `slipway ci` runs inside GitHub Actions")?;
-    let payload = std::fs::read_to_string(&event_path)
-        .with_context(|| format!("reading the event payload {event_path}"))?;
+    let payload = read_event(&event_path)?;
     let (branch, commit) = match from_event(&event_name, &payload)? {
         EventTrigger::Skip { reason } => return Ok(skip(ctx, actions.as_ref(), &reason)),
         EventTrigger::Push { branch, commit } => (branch, commit),
@@ -186,6 +185,19 @@ enum Outcome {
     Deployed(Report),
     DryRun,
     Failed(String),
+}
+
+/// The event payload, read with a cap: the path comes from the environment
+/// and could name anything (a fifo fed forever, `/dev/zero`).
+fn read_event(path: &str) -> anyhow::Result<String> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("reading the event payload {path}"))?;
+    Ok(crate::limits::read_capped_text(
+        file,
+        crate::limits::EVENT_FILE_BYTES,
+        &format!("the event payload {path}"),
+        "GITHUB_EVENT_PATH must name the event file GitHub Actions wrote for this job",
+    )?)
 }
 
 fn skip(ctx: &Context, actions: Option<&Actions>, reason: &str) -> u8 {

@@ -6,7 +6,6 @@
 //! them), and everything printed reaches the pusher as `remote:` lines.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -85,10 +84,7 @@ pub async fn hook(ctx: &Context, command: HookCommand) -> anyhow::Result<u8> {
 }
 
 fn read_updates() -> anyhow::Result<Vec<RefUpdate>> {
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .context("reading the hook's input")?;
+    let input = crate::limits::hook_stdin()?;
     Ok(trigger::parse_receive(&input)?)
 }
 
@@ -248,7 +244,16 @@ fn load_allow_list(ctx: &Context, path: Option<&Path>) -> anyhow::Result<AllowLi
         Some(p) => (p.to_path_buf(), true),
         None => (default, false),
     };
-    match std::fs::read_to_string(&path) {
+    let text = std::fs::File::open(&path).and_then(|f| {
+        crate::limits::read_capped_text(
+            f,
+            crate::config::MAX_SETTINGS_FILE,
+            "the allow-list",
+            "an allow-list this big is a mistake",
+        )
+        .map_err(std::io::Error::other)
+    });
+    match text {
         Ok(text) => toml::from_str(&text)
             .with_context(|| format!("the allow-list {} is invalid", path.display())),
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(AllowList::default()),

@@ -77,7 +77,7 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         .repo
         .join("slipway")
         .join(format!("{}.log", args.environment));
-    if let Ok(text) = std::fs::read_to_string(&log) {
+    if let Ok(text) = log_end(&log) {
         let last = text
             .lines()
             .rev()
@@ -90,6 +90,19 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         ));
     }
     Ok(code)
+}
+
+/// The end of a log that only ever grows: its last 64 KiB, enough for the
+/// last line, however large the file has become.
+fn log_end(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const END: u64 = 64 * 1024;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(END)))?;
+    let mut bytes = Vec::new();
+    file.take(END).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[derive(Debug, Args)]
@@ -111,7 +124,7 @@ pub async fn nginx(ctx: &Context, args: &NginxArgs) -> anyhow::Result<u8> {
     let cluster = ctx.connect(env).await?;
     let mut seen = Vec::new();
     for host in &cluster.hosts {
-        let snippet = host.layout.nginx_snippet(&args.public, args.retry_after);
+        let snippet = host.layout.nginx_snippet(&args.public, args.retry_after)?;
         if !seen.contains(&snippet) {
             ctx.out.result(&format!("# for {}\n{snippet}", host.name()));
             seen.push(snippet);
@@ -282,4 +295,22 @@ pub async fn unlock(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         ));
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_end_of_a_big_log_is_read() {
+        // A detached deploy's log only grows; `status` wants its last line.
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("production.log");
+        let mut text = "x".repeat(4 * 1024 * 1024);
+        text.push_str("\ndeployed 20261130-abc1234\n");
+        std::fs::write(&log, &text).unwrap();
+        let end = log_end(&log).unwrap();
+        assert!(end.len() <= 64 * 1024);
+        assert!(end.ends_with("deployed 20261130-abc1234\n"));
+    }
 }

@@ -25,6 +25,7 @@ pub use pins::{
     BuildSettings, PIN_FILE, Pin, PinViolation, Pins, Reach, SandboxSetting, load_pins, parse_pins,
 };
 pub use schema::*;
+pub use validate::is_plain_path_char;
 pub(crate) use validate::is_variable_name;
 
 use error::{KeyPath, Segment, line_column};
@@ -79,11 +80,10 @@ pub fn line_of_key(text: &str, key: &str) -> usize {
 }
 
 /// The largest server-side settings file slipway reads (pins, allow-list).
-const MAX_SETTINGS_FILE: u64 = 1 << 20;
+pub const MAX_SETTINGS_FILE: u64 = crate::limits::CONFIG_BYTES;
 
-/// Reads a small settings file, refusing one past [`MAX_SETTINGS_FILE`].
+/// Reads a small settings file through the one capped reader.
 fn read_capped(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read as _;
     let fail = |message: String| ConfigError {
         file: path.to_path_buf(),
         line: 1,
@@ -92,16 +92,13 @@ fn read_capped(path: &Path) -> Result<String, ConfigError> {
         message,
     };
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let mut text = String::new();
-    file.take(MAX_SETTINGS_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(format!("cannot read it as UTF-8 text: {e}")))?;
-    if text.len() as u64 > MAX_SETTINGS_FILE {
-        return Err(fail(format!(
-            "it is larger than {MAX_SETTINGS_FILE} bytes; a settings file this big is a mistake"
-        )));
-    }
-    Ok(text)
+    crate::limits::read_capped_text(
+        file,
+        MAX_SETTINGS_FILE,
+        "this settings file",
+        "a settings file this big is a mistake",
+    )
+    .map_err(|e| fail(e.to_string()))
 }
 
 impl Config {

@@ -327,3 +327,226 @@ fn environment_lookup_lists_known_names() {
         "no environment `prod` in slipway.toml; defined: production, staging"
     );
 }
+
+// --- Values that reach paths, scripts and nginx on the hosts (issue 11). ---
+// Each rule below guards a value that was taken as written before: the
+// tests name the attack and check the error points at the key.
+
+/// `VALID` with `extra` added to the production environment (after its
+/// `deploy_to`, so on line 19).
+fn with_production(extra: &str) -> String {
+    edited(
+        "deploy_to = \"/srv/shop\"\ndeploy_hook",
+        &format!("deploy_to = \"/srv/shop\"\n{extra}\ndeploy_hook"),
+    )
+}
+
+#[test]
+fn copy_back_cannot_leave_the_release() {
+    // `../../victim` made staging `rm -rf` a folder outside the release.
+    let err = parse_err(&with_production("copy_back = [\"../../victim\"]"));
+    assert_at(&err, 19, 14, "environments.production.copy_back[0]");
+    assert!(err.message.contains("`..`"), "{}", err.message);
+    assert!(err.to_string().starts_with("slipway.toml:19:14: "), "{err}");
+    for bad in [
+        "",
+        ".",
+        "/etc",
+        "a/../../b",
+        "./x",
+        "x/",
+        "a//b",
+        "..",
+        ".slipway.env",
+    ] {
+        let err = parse_err(&with_production(&format!("copy_back = [{bad:?}]")));
+        assert_eq!(
+            err.key, "environments.production.copy_back[0]",
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn copy_back_inside_a_shared_dir_is_refused() {
+    // `rm -rf releases/<new>/public/uploads/x` goes through the shared
+    // link and deletes the shared data itself.
+    let err = parse_err(&with_production("copy_back = [\"public/uploads/cache\"]"));
+    assert_at(&err, 19, 14, "environments.production.copy_back[0]");
+    assert!(err.message.contains("shared.dirs[0]"), "{}", err.message);
+    let err = parse_err(&with_production("copy_back = [\"public\"]"));
+    assert_at(&err, 19, 14, "environments.production.copy_back[0]");
+}
+
+#[test]
+fn copy_back_listed_twice() {
+    let err = parse_err(&with_production(
+        "copy_back = [\"public/gen\", \"public/gen\"]",
+    ));
+    assert_at(&err, 19, 28, "environments.production.copy_back[1]");
+    assert!(err.message.contains("copy_back[0]"), "{}", err.message);
+    parse_ok(&with_production(
+        "copy_back = [\"public/gen\", \"tmp/cache\"]",
+    ));
+}
+
+#[test]
+fn canary_hosts_must_be_hosts_of_the_environment() {
+    // A canary host outside `hosts` was never validated and reached ssh.
+    let canary = |hosts: &str| {
+        edited(
+            "strategy = \"gated\"",
+            &format!("strategy = \"canary\"\ncanary = {{ hosts = [{hosts}] }}"),
+        )
+    };
+    let err = parse_err(&canary("\"-oProxyCommand=touch /tmp/x\""));
+    assert_at(&err, 17, 21, "environments.production.canary.hosts[0]");
+    assert!(err.message.contains("`hosts`"), "{}", err.message);
+    let err = parse_err(&canary("\"deploy@10.0.0.9\""));
+    assert_at(&err, 17, 21, "environments.production.canary.hosts[0]");
+    let err = parse_err(&canary("\"deploy@10.0.0.1\", \"deploy@10.0.0.1\""));
+    assert_at(&err, 17, 40, "environments.production.canary.hosts[1]");
+    let err = parse_err(&canary(
+        "\"deploy@10.0.0.1\", \"deploy@10.0.0.2\", \"local:/tmp/host3\"",
+    ));
+    assert_at(&err, 17, 12, "environments.production.canary.hosts");
+    assert!(err.message.contains("promote"), "{}", err.message);
+    let config = parse_ok(&canary("\"deploy@10.0.0.2\""));
+    assert_eq!(
+        config.environments["production"].all_hosts()[0],
+        "deploy@10.0.0.2"
+    );
+}
+
+#[test]
+fn canary_settings_need_the_canary_strategy() {
+    let err = parse_err(&with_production(
+        "canary = { hosts = [\"deploy@10.0.0.1\"] }",
+    ));
+    assert_at(&err, 19, 1, "environments.production.canary");
+    assert!(err.message.contains("strategy"), "{}", err.message);
+}
+
+#[test]
+fn shared_paths_are_plain_paths_inside_shared() {
+    // `shared.dirs = ["."]` linked the whole release away; the others
+    // escaped `shared/` or named one place twice.
+    for bad in [
+        "\".\"",
+        "\"..\"",
+        "\"/srv\"",
+        "\"\"",
+        "\"public/./x\"",
+        "\"public/\"",
+    ] {
+        let err = parse_err(&edited(
+            "dirs = [\"public/uploads\"]",
+            &format!("dirs = [{bad}]"),
+        ));
+        assert_at(&err, 11, 9, "shared.dirs[0]");
+    }
+    let err = parse_err(&edited(".env.local", ".slipway.env"));
+    assert_at(&err, 12, 10, "shared.files[0]");
+    assert!(err.message.contains("slipway writes"), "{}", err.message);
+}
+
+#[test]
+fn shared_paths_listed_twice_or_nested() {
+    let err = parse_err(&edited(
+        "dirs = [\"public/uploads\"]",
+        "dirs = [\"public/uploads\", \"public/uploads\"]",
+    ));
+    assert_at(&err, 11, 27, "shared.dirs[1]");
+    assert!(err.message.contains("list it once"), "{}", err.message);
+    let err = parse_err(&edited(
+        "files = [\".env.local\"]",
+        "files = [\"public/uploads/index.html\"]",
+    ));
+    assert_at(&err, 12, 10, "shared.files[0]");
+    assert!(err.message.contains("shared.dirs[0]"), "{}", err.message);
+    let err = parse_err(&edited(
+        "dirs = [\"public/uploads\"]",
+        "dirs = [\"public/uploads\", \"public\"]",
+    ));
+    assert_at(&err, 11, 27, "shared.dirs[1]");
+    // A common prefix is not nesting.
+    parse_ok(&edited(
+        "dirs = [\"public/uploads\"]",
+        "dirs = [\"public/uploads\", \"public/uploads2\"]",
+    ));
+}
+
+#[test]
+fn env_value_with_nul_is_refused() {
+    // A NUL was silently written to the env file as an empty value.
+    let err = parse_err(&edited("APP_ENV = \"prod\"", "APP_ENV = \"pr\\u0000od\""));
+    assert_at(&err, 21, 9, "environments.production.env.APP_ENV");
+    assert!(err.message.contains("NUL"), "{}", err.message);
+}
+
+#[test]
+fn env_and_secret_names_cannot_take_slipways_own() {
+    // Written after slipway's own lines, they would override them.
+    let err = parse_err(&edited("APP_ENV = \"prod\"", "SLIPWAY_RELEASE = \"x\""));
+    assert_at(&err, 21, 9, "environments.production.env.SLIPWAY_RELEASE");
+    let err = parse_err(&edited("[\"DATABASE_URL\"]", "[\"SLIPWAY_DEPLOY_ID\"]"));
+    assert_at(&err, 22, 12, "environments.production.secrets[0]");
+    assert!(err.message.contains("reserves"), "{}", err.message);
+}
+
+#[test]
+fn deploy_to_cannot_carry_nginx_syntax() {
+    // `slipway nginx` writes deploy_to into `root` and `if (-f ...)`
+    // directives; these would end or add directives.
+    for bad in [
+        "/srv/shop; autoindex on",
+        "/srv/shop{",
+        "/srv/}shop",
+        "/srv/$host",
+        "/srv/\\\"shop",
+        "/srv/'shop'",
+        "/srv/my shop",
+        "/srv/shop#x",
+        "/srv/a\\nb",
+    ] {
+        let err = parse_err(&edited(
+            "deploy_to = \"/srv/shop\"",
+            &format!("deploy_to = \"{bad}\""),
+        ));
+        assert_at(&err, 18, 1, "environments.production.deploy_to");
+    }
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"",
+        "deploy_to = \"/srv/shop;\"",
+    ));
+    assert!(err.message.contains("`;`"), "{}", err.message);
+    parse_ok(&edited(
+        "deploy_to = \"/srv/shop\"",
+        "deploy_to = \"/srv/shop-2.0_a+b@c,d:e\"",
+    ));
+}
+
+#[test]
+fn waits_parallel_and_url_are_bounded() {
+    // A huge duration overflowed `now + timeout` (a panic); a huge
+    // `parallel` overflowed the semaphore.
+    let err = parse_err(&edited(
+        "hook_timeout = \"5m\"",
+        "hook_timeout = \"100000000y\"",
+    ));
+    assert_at(&err, 20, 1, "environments.production.hook_timeout");
+    let err = parse_err(&with_production("lock_wait = \"8days\""));
+    assert_at(&err, 19, 1, "environments.production.lock_wait");
+    let err = parse_err(&edited(
+        "status = 200 }",
+        "status = 200, timeout = \"30days\" }",
+    ));
+    assert_at(&err, 24, 56, "environments.production.health.timeout");
+    let err = parse_err(&with_production("parallel = 9000000000000000000"));
+    assert_at(&err, 19, 1, "environments.production.parallel");
+    let err = parse_err(&with_production("url = \"javascript:alert(1)\""));
+    assert_at(&err, 19, 1, "environments.production.url");
+    parse_ok(&with_production(
+        "url = \"https://shop.example.com\"\nparallel = 64",
+    ));
+}

@@ -4,14 +4,19 @@
 //! names, one environment per branch, ...). Invariant: each rule reports an
 //! [`Issue`] naming the exact key at fault with a sentence that says what to
 //! do; rules never stop at the first problem, the caller picks which to show.
-//! Values here end up in shell commands, ssh arguments, file paths and
-//! `authorized_keys`, so the rules are deliberately strict.
+//! Values here end up in shell commands, ssh arguments, file paths (some of
+//! them `rm -rf`'d on hosts), nginx directives and `authorized_keys`, so the
+//! rules are deliberately strict: a path that is written into the release
+//! must be a clean relative path that stays inside it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use super::error::KeyPath;
 use super::locate::Locator;
-use super::schema::{App, Build, Config, Deb, Environment, Health, Shared, StartStop};
+use super::schema::{
+    App, Build, Canary, Config, Deb, Environment, Health, Shared, StartStop, Strategy,
+};
 
 /// One broken rule: which key, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +31,22 @@ const SHELL_META: &[char] = &[
     ';', '&', '|', '<', '>', '(', ')', '$', '`', '\\', '"', '\'', '*', '?', '{', '}', '!', '#',
     '~', '[', ']',
 ];
+
+/// The longest wait a duration key may ask for. Far above any real timeout,
+/// and far below what would overflow a clock deadline.
+const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The most hosts worked on at once; also keeps the semaphore in range.
+const MAX_PARALLEL: usize = 1024;
+
+/// Files slipway itself keeps at the top of every release. A shared link or a
+/// `copy_back` of one of these would let the old release's env file (with
+/// the old secrets) or artifact marker replace the new one's.
+const RESERVED_IN_RELEASE: &[&str] = &[".slipway.env", ".slipway.env.new", ".slipway-artifact"];
+
+/// Variables slipway writes into every env file itself (`SLIPWAY_RELEASE`,
+/// ...); a config value of the same name would come later and win.
+const RESERVED_VARIABLE_PREFIX: &str = "SLIPWAY_";
 
 /// Key types OpenSSH accepts in `authorized_keys`.
 const SSH_KEY_TYPES: &[&str] = &[
@@ -62,7 +83,7 @@ pub(crate) fn validate(config: &Config, locator: &Locator<'_>) -> Vec<Issue> {
     check_deb(&config.deb, &config.app.name, &root.key("deb"), &mut issues);
     let envs = root.key("environments");
     for (name, env) in &config.environments {
-        check_environment(name, env, &envs.key(name), &mut issues);
+        check_environment(name, env, &config.shared, &envs.key(name), &mut issues);
     }
     check_branch_conflicts(&config.environments, &envs, locator, &mut issues);
     issues.0
@@ -127,24 +148,51 @@ fn check_build(build: &Build, path: &KeyPath, issues: &mut Issues) {
     }
 }
 
+/// Shared paths become `rm -rf` + `ln -s` targets inside each release and
+/// `mkdir -p` targets under `shared/`, so each must be a plain path inside
+/// the release, written once, and no entry may sit inside another (a file
+/// under a shared dir would be linked through that dir's link).
 fn check_shared(shared: &Shared, path: &KeyPath, issues: &mut Issues) {
+    let mut seen: Vec<(String, &str)> = Vec::new();
     for (list, entries) in [("dirs", &shared.dirs), ("files", &shared.files)] {
         let list_path = path.key(list);
-        let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             let here = list_path.index(i);
-            if let Some(problem) = relative_path_problem(entry) {
+            if let Some(problem) = relative_path_problem(entry, "the shared directory") {
                 issues.add(here, problem);
-            } else if let Some(first) = seen.get(entry.as_str()) {
-                issues.add(
-                    here,
-                    format!("`{entry}` is already listed as shared.{list}[{first}]; list it once"),
-                );
+            } else if let Some(problem) = reserved_in_release(entry) {
+                issues.add(here, problem);
+            } else if let Some((first, other)) = seen.iter().find(|(_, e)| overlaps(e, entry)) {
+                let message = if *other == entry.as_str() {
+                    format!("`{entry}` is already listed as shared.{first}; list it once")
+                } else {
+                    format!(
+                        "`{entry}` overlaps shared.{first} (`{other}`): one would be linked inside the other; keep only the outer one"
+                    )
+                };
+                issues.add(here, message);
             } else {
-                seen.insert(entry, i);
+                seen.push((format!("{list}[{i}]"), entry));
             }
         }
     }
+}
+
+/// Whether one of two clean relative paths is the other or lies inside it.
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside = |outer: &str, inner: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    inside(a, b) || inside(b, a)
+}
+
+fn reserved_in_release(entry: &str) -> Option<String> {
+    let first = entry.split('/').next().unwrap_or_default();
+    RESERVED_IN_RELEASE.contains(&first).then(|| {
+        format!("`{entry}` is a file slipway writes into every release itself; pick another path")
+    })
 }
 
 /// `[deb]` values end up in control files (line-based) and dpkg command
@@ -194,16 +242,16 @@ fn check_deb(deb: &Deb, app: &str, path: &KeyPath, issues: &mut Issues) {
     }
     let inside = |p: &str| {
         format!(
-            "`{p:?}` must be a path inside the release: relative, without `..` or control characters"
+            "`{p:?}` must be a path inside the release: relative, without `.`, `..`, empty parts or control characters"
         )
     };
     for (i, file) in deb.conffiles.iter().enumerate() {
-        if relative_path_problem(file).is_some() {
+        if relative_path_problem(file, "the release").is_some() {
             issues.add(path.key("conffiles").index(i), inside(file));
         }
     }
     for (name, script) in deb.scripts.list() {
-        if relative_path_problem(script).is_some() {
+        if relative_path_problem(script, "the repository").is_some() {
             issues.add(path.key("scripts").key(name), inside(script));
         }
     }
@@ -217,20 +265,29 @@ fn check_deb(deb: &Deb, app: &str, path: &KeyPath, issues: &mut Issues) {
     }
 }
 
-/// Why `entry` is not a safe path relative to the shared directory.
-fn relative_path_problem(entry: &str) -> Option<String> {
+/// Why `entry` is not a clean path relative to `base` (e.g. "the shared
+/// directory"). Clean means one spelling per place: no leading or trailing
+/// `/`, no empty, `.` or `..` parts, so two entries naming the same place
+/// compare equal and none can leave `base`.
+fn relative_path_problem(entry: &str, base: &str) -> Option<String> {
     if entry.trim().is_empty() {
-        Some("a shared path must not be empty".to_owned())
-    } else if entry.starts_with('/') {
         Some(format!(
-            "`{entry}` must be relative to the shared directory; remove the leading `/`"
-        ))
-    } else if has_parent_component(entry) {
-        Some(format!(
-            "`{entry}` must stay inside the shared directory; remove the `..`"
+            "the path must not be empty; name a path inside {base}"
         ))
     } else if entry.chars().any(char::is_control) {
         Some(format!("`{entry:?}` contains a control character"))
+    } else if entry.starts_with('/') {
+        Some(format!(
+            "`{entry}` must be relative to {base}; remove the leading `/`"
+        ))
+    } else if has_parent_component(entry) {
+        Some(format!(
+            "`{entry}` must stay inside {base}; remove the `..`"
+        ))
+    } else if entry.split('/').any(|part| part.is_empty() || part == ".") {
+        Some(format!(
+            "`{entry}` has an empty or `.` part; write the plain path, e.g. `public/uploads`"
+        ))
     } else {
         None
     }
@@ -240,7 +297,13 @@ fn has_parent_component(path: &str) -> bool {
     path.split('/').any(|part| part == "..")
 }
 
-fn check_environment(name: &str, env: &Environment, path: &KeyPath, issues: &mut Issues) {
+fn check_environment(
+    name: &str,
+    env: &Environment,
+    shared: &Shared,
+    path: &KeyPath,
+    issues: &mut Issues,
+) {
     if name.is_empty()
         || !name
             .chars()
@@ -268,6 +331,29 @@ fn check_environment(name: &str, env: &Environment, path: &KeyPath, issues: &mut
             path.key("parallel"),
             "parallel must be at least 1, or no host would ever be deployed",
         );
+    } else if env.parallel > MAX_PARALLEL {
+        issues.add(
+            path.key("parallel"),
+            format!("parallel must be at most {MAX_PARALLEL}"),
+        );
+    }
+    for (key, wait) in [
+        ("hook_timeout", env.hook_timeout),
+        ("lock_wait", env.lock_wait),
+    ] {
+        check_wait(wait, &path.key(key), issues);
+    }
+    if let Some(url) = &env.url
+        && !is_http_url(url)
+    {
+        issues.add(
+            path.key("url"),
+            format!("`{url}` must be an `http://` or `https://` URL on one line"),
+        );
+    }
+    check_copy_back(env, shared, &path.key("copy_back"), issues);
+    if let Some(canary) = &env.canary {
+        check_canary(env, canary, &path.key("canary"), issues);
     }
     check_commands(env, path, issues);
     check_variables(env, path, issues);
@@ -426,7 +512,122 @@ pub(crate) fn deploy_to_problem(dir: &str) -> Option<String> {
             "`{dir}` must not contain `..`; write the path it resolves to"
         ))
     } else {
-        None
+        // The path is written into nginx config (`slipway nginx`), where
+        // `;`, braces, quotes, `$` and spaces are syntax, and into hosts'
+        // scripts; plain characters mean the same everywhere.
+        dir.chars().find(|&c| !is_plain_path_char(c)).map(|c| {
+            format!(
+                "`{dir}` contains `{c}`; a deploy path may use only letters, digits and `/ . _ - + @ , :`"
+            )
+        })
+    }
+}
+
+/// Characters a path may hold that mean nothing to a shell or to nginx.
+pub fn is_plain_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | '@' | ',' | ':')
+}
+
+/// Durations become deadlines (`now + wait`); bound them well below overflow.
+fn check_wait(wait: Duration, path: &KeyPath, issues: &mut Issues) {
+    if wait > MAX_WAIT {
+        issues.add(
+            path.clone(),
+            format!(
+                "{} is longer than slipway waits for anything ({}); pick a shorter time",
+                humantime::format_duration(wait),
+                humantime::format_duration(MAX_WAIT)
+            ),
+        );
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// `copy_back` paths are `rm -rf`'d in the new release and copied from the
+/// live one, so each must be a clean path inside the release. One inside a
+/// shared path would delete the shared data itself (the release holds a link
+/// there, and `rm -rf` of a path beneath a link goes through it).
+fn check_copy_back(env: &Environment, shared: &Shared, path: &KeyPath, issues: &mut Issues) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, entry) in env.copy_back.iter().enumerate() {
+        let here = path.index(i);
+        if let Some(problem) = relative_path_problem(entry, "the release") {
+            issues.add(here, problem);
+        } else if let Some(problem) = reserved_in_release(entry) {
+            issues.add(here, problem);
+        } else if let Some((list, j, other)) = shared
+            .dirs
+            .iter()
+            .enumerate()
+            .map(|(j, d)| ("dirs", j, d))
+            .chain(
+                shared
+                    .files
+                    .iter()
+                    .enumerate()
+                    .map(|(j, f)| ("files", j, f)),
+            )
+            .find(|(_, _, other)| overlaps(other, entry))
+        {
+            issues.add(
+                here,
+                format!(
+                    "`{entry}` overlaps shared.{list}[{j}] (`{other}`), which every release links to the same place; shared content needs no copying back"
+                ),
+            );
+        } else if let Some(first) = seen.get(entry.as_str()) {
+            issues.add(
+                here,
+                format!("`{entry}` is already listed as copy_back[{first}]; list it once"),
+            );
+        } else {
+            seen.insert(entry, i);
+        }
+    }
+}
+
+/// Canary hosts are hosts of the environment picked to go first; a name
+/// not in `hosts` would be a host nothing else validated (it reaches `ssh`)
+/// and that a gated or rolling deploy of the same environment never updates.
+fn check_canary(env: &Environment, canary: &Canary, path: &KeyPath, issues: &mut Issues) {
+    if env.strategy != Strategy::Canary {
+        issues.add(
+            path.clone(),
+            "canary settings apply only with strategy = \"canary\"; set it or remove them",
+        );
+    }
+    let hosts = path.key("hosts");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, host) in canary.hosts.iter().enumerate() {
+        if !env.hosts.contains(host) {
+            issues.add(
+                hosts.index(i),
+                format!("`{host}` is not one of this environment's hosts; a canary host must also be listed in `hosts`"),
+            );
+        } else if let Some(first) = seen.get(host.as_str()) {
+            issues.add(
+                hosts.index(i),
+                format!("`{host}` is already listed as canary.hosts[{first}]; list each host once"),
+            );
+        } else {
+            seen.insert(host, i);
+        }
+    }
+    if !env.hosts.is_empty() && env.hosts.iter().all(|h| canary.hosts.contains(h)) {
+        issues.add(
+            hosts,
+            "every host is a canary host, so nothing would be left for `slipway promote`; leave at least one host out",
+        );
+    }
+    if canary.check.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        issues.add(
+            path.key("check"),
+            "the canary check is empty; remove it or give a command",
+        );
     }
 }
 
@@ -458,9 +659,18 @@ fn check_commands(env: &Environment, path: &KeyPath, issues: &mut Issues) {
 }
 
 fn check_variables(env: &Environment, path: &KeyPath, issues: &mut Issues) {
-    for name in env.env.keys() {
+    for (name, value) in &env.env {
+        let here = path.key("env").key(name);
         if !is_variable_name(name) {
-            issues.add(path.key("env").key(name), variable_name_message(name));
+            issues.add(here, variable_name_message(name));
+        } else if let Some(problem) = reserved_variable(name) {
+            issues.add(here, problem);
+        } else if value.contains('\0') {
+            // No shell, env file or process environment can hold a NUL.
+            issues.add(
+                here,
+                format!("the value of `{name}` contains a NUL character, which no environment can hold; remove it"),
+            );
         }
     }
     let secrets = path.key("secrets");
@@ -469,6 +679,8 @@ fn check_variables(env: &Environment, path: &KeyPath, issues: &mut Issues) {
         let here = secrets.index(i);
         if !is_variable_name(name) {
             issues.add(here, variable_name_message(name));
+        } else if let Some(problem) = reserved_variable(name) {
+            issues.add(here, problem);
         } else if env.env.contains_key(name) {
             issues.add(
                 here,
@@ -495,6 +707,14 @@ pub(crate) fn is_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+fn reserved_variable(name: &str) -> Option<String> {
+    name.starts_with(RESERVED_VARIABLE_PREFIX).then(|| {
+        format!(
+            "`{name}` starts with `{RESERVED_VARIABLE_PREFIX}`, which slipway reserves for the variables it sets itself; rename it"
+        )
+    })
+}
+
 fn variable_name_message(name: &str) -> String {
     format!(
         "`{name}` is not a valid variable name; use letters, digits and `_`, not starting with a digit"
@@ -509,7 +729,7 @@ fn check_health(health: &Health, path: &KeyPath, issues: &mut Issues) {
         );
     }
     if let Some(url) = &health.url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
+        && !is_http_url(url)
     {
         issues.add(
             path.key("url"),
@@ -523,6 +743,7 @@ fn check_health(health: &Health, path: &KeyPath, issues: &mut Issues) {
     {
         issues.add(path.key("command"), "the health command is empty");
     }
+    check_wait(health.timeout, &path.key("timeout"), issues);
     if !(100..=599).contains(&health.status) {
         issues.add(
             path.key("status"),
@@ -727,9 +948,23 @@ mod tests {
 
     #[test]
     fn shared_paths() {
-        assert_eq!(relative_path_problem("public/uploads"), None);
-        assert!(relative_path_problem("").is_some());
-        assert!(relative_path_problem("/etc").is_some());
-        assert!(relative_path_problem("a/../../b").is_some());
+        let base = "the shared directory";
+        assert_eq!(relative_path_problem("public/uploads", base), None);
+        assert_eq!(relative_path_problem(".env.local", base), None);
+        for bad in [
+            "",
+            " ",
+            "/etc",
+            "a/../../b",
+            "..",
+            ".",
+            "./x",
+            "x/.",
+            "a//b",
+            "x/",
+            "a\0b",
+        ] {
+            assert!(relative_path_problem(bad, base).is_some(), "{bad:?}");
+        }
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 
+use crate::limits::HTTP_ANSWER_BYTES;
+
 /// One HTTP request a notifier wants made.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -225,7 +227,10 @@ async fn send_once(
         retry: true,
     })?;
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let body = capped_body(response).await.map_err(|why| Failure {
+        message: format!("{} {target} answered {status} {why}", request.method),
+        retry: false,
+    })?;
     let body = super::message::clip(body.trim(), 300);
     if !status.is_success() {
         let retry = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
@@ -238,6 +243,30 @@ async fn send_once(
         message: format!("{} {target} answered {status} but {why}", request.method),
         retry: false,
     })
+}
+
+/// The answer's body, read chunk by chunk and never more than
+/// [`HTTP_ANSWER_BYTES`] of it: a service (or whatever answers at a
+/// configured URL) could send an endless body within the timeout.
+async fn capped_body(mut response: reqwest::Response) -> Result<String, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if (body.len() + chunk.len()) as u64 > HTTP_ANSWER_BYTES {
+                    return Err(format!(
+                        "with a body larger than {}, slipway's cap for an answer; it stopped reading there (check the URL points at the service's API)",
+                        crate::limits::human(HTTP_ANSWER_BYTES)
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            // As before the cap: a body cut short still tells the status.
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn check_body(check: Check, body: &str) -> Result<(), String> {

@@ -9,7 +9,11 @@
 
 use std::time::Duration;
 
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::{HTTP_ANSWER_BYTES, human};
 
 /// The REST API version slipway speaks (octocrab sends it as
 /// `X-GitHub-Api-Version`; the integration tests check it is sent once).
@@ -100,10 +104,8 @@ impl Deployments {
     pub async fn create(&self, deployment: &NewDeployment<'_>) -> Result<u64, GitHubError> {
         let route = format!("/repos/{}/deployments", self.repository);
         let created: Created = self
-            .client
-            .post(&route, Some(deployment))
-            .await
-            .map_err(|e| api_error("creating a deployment", &e))?;
+            .post(&route, deployment, "creating a deployment")
+            .await?;
         Ok(created.id)
     }
 
@@ -113,13 +115,63 @@ impl Deployments {
     /// When GitHub refuses or cannot be reached.
     pub async fn status(&self, id: u64, status: &NewStatus<'_>) -> Result<(), GitHubError> {
         let route = format!("/repos/{}/deployments/{id}/statuses", self.repository);
-        let _: serde_json::Value = self.client.post(&route, Some(status)).await.map_err(|e| {
-            api_error(
-                &format!("setting the deployment status to {}", status.state),
-                &e,
-            )
-        })?;
+        let what = format!("setting the deployment status to {}", status.state);
+        let _: serde_json::Value = self.post(&route, status, &what).await?;
         Ok(())
+    }
+
+    /// POSTs `body` to `route` and reads the JSON answer, at most
+    /// [`HTTP_ANSWER_BYTES`] of it. octocrab's own `post` reads a body of
+    /// any size (an endless answer would exhaust memory), so the answer is
+    /// taken raw and read here through a length limit.
+    async fn post<P: Serialize, R: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &P,
+        what: &str,
+    ) -> Result<R, GitHubError> {
+        let api = |reason: String| GitHubError::Api {
+            what: what.to_owned(),
+            reason,
+        };
+        let response = self
+            .client
+            ._post(route, Some(body))
+            .await
+            .map_err(|e| api_error(what, &e))?;
+        let (parts, body) = response.into_parts();
+        let limit = usize::try_from(HTTP_ANSWER_BYTES).unwrap_or(usize::MAX);
+        let bytes = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<LengthLimitError>() => {
+                return Err(api(format!(
+                    "the answer ({}) is larger than {}, slipway's cap for an answer; check GITHUB_API_URL points at the GitHub API",
+                    parts.status,
+                    human(HTTP_ANSWER_BYTES)
+                )));
+            }
+            Err(e) => return Err(api(chain(e.as_ref()))),
+        };
+        if !parts.status.is_success() {
+            #[derive(Deserialize)]
+            struct Refusal {
+                message: Option<String>,
+            }
+            let message = serde_json::from_slice::<Refusal>(&bytes)
+                .ok()
+                .and_then(|r| r.message)
+                .unwrap_or_else(|| {
+                    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+                    crate::notify::message::clip(&text, 300)
+                });
+            return Err(api(format!("{message} ({})", parts.status)));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            api(format!(
+                "the answer ({}) is not the expected JSON: {e}",
+                parts.status
+            ))
+        })
     }
 }
 
@@ -128,21 +180,23 @@ fn api_error(what: &str, e: &octocrab::Error) -> GitHubError {
         octocrab::Error::GitHub { source, .. } => {
             format!("{} ({})", source.message, source.status_code)
         }
-        other => {
-            use std::error::Error as _;
-            let mut text = other.to_string();
-            let mut cause = other.source();
-            while let Some(c) = cause {
-                text.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            text
-        }
+        other => chain(other),
     };
     GitHubError::Api {
         what: what.to_owned(),
         reason,
     }
+}
+
+/// An error and its causes, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// GitHub limits a status description to 140 characters.

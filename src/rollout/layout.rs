@@ -383,15 +383,30 @@ impl Layout {
     /// `X-Slipway-Health`) through so a closed cluster can be checked.
     /// nginx resolves the `current` symlink on every request (no
     /// `open_file_cache`), so a switch takes effect at once.
-    pub fn nginx_snippet(&self, public: &str, retry_after: u32) -> String {
+    ///
+    /// # Errors
+    /// When a path would not be read back by nginx as the same path (see
+    /// [`NginxUnsafe`]).
+    pub fn nginx_snippet(&self, public: &str, retry_after: u32) -> Result<String, NginxUnsafe> {
         let public = public.trim_matches('/');
+        if public.split('/').any(|part| part == "..") {
+            return Err(NginxUnsafe(public.to_owned()));
+        }
         let flag = format!("{}/.slipway/maintenance", self.root);
         let root = if public.is_empty() {
             self.current()
         } else {
             format!("{}/{public}", self.current())
         };
-        format!(
+        // Paths are written bare into directives; anything but plain
+        // characters (`;`, braces, quotes, `$`, `#`, whitespace) would be
+        // nginx syntax, so it is refused rather than escaped.
+        for path in [&root, &flag] {
+            if !path.chars().all(crate::config::is_plain_path_char) {
+                return Err(NginxUnsafe(path.clone()));
+            }
+        }
+        Ok(format!(
             r#"# slipway: serve {root}; 503 + Retry-After while closed for a deploy.
 root {root};
 set $slipway_closed "";
@@ -408,9 +423,16 @@ location @slipway_closed {{
 }}
 "#,
             flag = flag,
-        )
+        ))
     }
 }
+
+/// A path that cannot be written into an nginx snippet as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` cannot go into an nginx snippet: nginx paths here may use only letters, digits and `/ . _ - + @ , :` (and no `..`); move the deploy root or the public directory to such a path"
+)]
+pub struct NginxUnsafe(pub String);
 
 /// What [`Layout::stage`] needs.
 pub struct Stage<'a> {
@@ -540,3 +562,39 @@ if [ -f .slipway/journal.json ]; then printf 'journal\t%s\n' "$(tr -d '\n' < .sl
 if [ -f .slipway/canary.json ]; then printf 'canary\t%s\n' "$(tr -d '\n' < .slipway/canary.json)"; fi
 if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
 if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_snippet_serves_the_public_dir_of_current() {
+        let snippet = Layout::new("/srv/shop".into())
+            .nginx_snippet("/public/", 7)
+            .unwrap();
+        assert!(
+            snippet.contains("root /srv/shop/current/public;\n"),
+            "{snippet}"
+        );
+        assert!(
+            snippet.contains("if (-f /srv/shop/.slipway/maintenance)"),
+            "{snippet}"
+        );
+    }
+
+    #[test]
+    fn nginx_snippet_refuses_paths_that_would_be_nginx_syntax() {
+        // A root or public dir is written bare into directives: `;` would end
+        // one, `$` expand a variable, a brace open a block.
+        for root in ["/srv/a;b", "/srv/$host", "/srv/a b", "/srv/{x}", "/srv/\"x"] {
+            let err = Layout::new(root.into())
+                .nginx_snippet("public", 7)
+                .unwrap_err();
+            assert!(err.0.starts_with(root), "{root}: {err}");
+        }
+        let layout = Layout::new("/srv/shop".into());
+        for public in ["pub;lic", "../../etc", "a$b"] {
+            assert!(layout.nginx_snippet(public, 7).is_err(), "{public}");
+        }
+    }
+}

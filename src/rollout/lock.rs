@@ -154,9 +154,13 @@ async fn try_all(
                 .lock(&deploy_id, &json)
                 .map_err(|e| host.transport.unquotable(e))?;
             let mut out = String::new();
-            let exit = host
-                .transport
-                .exec(&script, None, None, &mut |l| out.push_str(l))?;
+            // The holder is a short JSON line; whatever a host's lock file
+            // holds beyond one line's worth is not kept.
+            let exit = host.transport.exec(&script, None, None, &mut |l| {
+                if out.len() < crate::transport::MAX_LINE_BYTES {
+                    out.push_str(l);
+                }
+            })?;
             Ok::<_, TransportError>((host.name().to_owned(), exit, out))
         })
         .await

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::{Exit, Script, Tail, Transport, TransportError};
+use super::{Exit, MAX_LINE_BYTES, Script, Tail, Transport, TransportError};
 
 /// How often a running command is checked against its deadline.
 const POLL: Duration = Duration::from_millis(20);
@@ -107,9 +107,29 @@ impl Transport for Local {
         // script may hold the pipe open long after the script has exited.
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+            let mut reader = BufReader::new(stdout);
+            let mut line = Vec::new();
+            loop {
+                // A line longer than the cap arrives in pieces, so output
+                // without newlines cannot grow one buffer without bound.
+                line.clear();
+                match (&mut reader)
+                    .take(MAX_LINE_BYTES as u64)
+                    .read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                }
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -205,6 +225,32 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), data);
         assert_eq!(seen.into_inner(), data.len() as u64);
         assert!(!dir.path().join("dest.bin.part").exists());
+    }
+
+    #[test]
+    fn output_without_newlines_arrives_in_capped_pieces() {
+        // A command printing with no newline used to grow one line for ever.
+        let (_dir, local) = host();
+        let script = Script::new().raw("head -c 200000 /dev/zero | tr '\\0' x; echo; echo end");
+        let mut seen = Vec::new();
+        local
+            .exec(&script, None, None, &mut |l| seen.push(l.len()))
+            .expect("runs");
+        assert_eq!(seen.iter().sum::<usize>(), 200_000 + 3, "{seen:?}");
+        assert!(seen.iter().all(|&n| n <= MAX_LINE_BYTES), "{seen:?}");
+        assert_eq!(seen.last(), Some(&3));
+    }
+
+    #[test]
+    fn collected_output_stops_at_its_cap() {
+        // What `run` returns is kept in memory (state, history read back
+        // from a host), so past the cap the step fails instead.
+        let (_dir, local) = host();
+        let over = super::super::MAX_OUTPUT_BYTES + 1024 * 1024;
+        let script = Script::from_trusted(format!("head -c {over} /dev/zero | tr '\\0' x\n"));
+        let err = local.run("reading history", &script).unwrap_err();
+        assert!(matches!(err, TransportError::TooMuchOutput { .. }), "{err}");
+        assert!(err.to_string().contains("more than 64 MiB"), "{err}");
     }
 
     #[test]

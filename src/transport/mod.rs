@@ -22,6 +22,17 @@ pub use quote::{Script, Unquotable};
 /// short enough for a chat message or a CI log.
 pub const TAIL_LINES: usize = 20;
 
+/// The longest line of output kept whole; a longer one arrives as several
+/// lines of this size. A host (or a command) printing without newlines
+/// would otherwise grow one line without bound.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The most output [`Transport::run_with`] collects from one script
+/// (`releases`, `status`, history read back from a host). Past it the step
+/// fails rather than growing without bound; a history this large holds
+/// about 100 000 deploys.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
@@ -108,6 +119,15 @@ pub enum TransportError {
         humantime::format_duration(*.silent)
     )]
     Unresponsive { host: String, silent: Duration },
+    #[error(
+        "on {host}: {what} printed more than {}, slipway's cap for output it keeps; it was stopped there (a history this large can be trimmed: keep the last lines of <deploy_to>/.slipway/history.jsonl)",
+        crate::limits::human(*.limit as u64)
+    )]
+    TooMuchOutput {
+        host: String,
+        what: String,
+        limit: usize,
+    },
     #[error("on {host}: the SSH connection failed while {what}: {reason}")]
     Lost {
         host: String,
@@ -177,10 +197,16 @@ pub trait Transport: Send + Sync {
         timeout: Option<Duration>,
     ) -> Result<String, TransportError> {
         let mut output = String::new();
+        let mut overflow = false;
         let exit = self
             .exec(script, stdin, timeout, &mut |line| {
-                output.push_str(line);
-                output.push('\n');
+                // Past the cap the rest is dropped, and the step fails below.
+                if output.len() + line.len() < MAX_OUTPUT_BYTES {
+                    output.push_str(line);
+                    output.push('\n');
+                } else {
+                    overflow = true;
+                }
             })
             .map_err(|e| match e {
                 TransportError::Timeout { host, after, .. } => TransportError::Timeout {
@@ -190,7 +216,13 @@ pub trait Transport: Send + Sync {
                 },
                 other => other,
             })?;
-        if exit.success() {
+        if overflow {
+            Err(TransportError::TooMuchOutput {
+                host: self.host().to_owned(),
+                what: what.to_owned(),
+                limit: MAX_OUTPUT_BYTES,
+            })
+        } else if exit.success() {
             Ok(output)
         } else {
             Err(TransportError::Failed {

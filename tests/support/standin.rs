@@ -23,6 +23,9 @@ pub enum Reply {
     Json(u16, String),
     /// Reads the request and never answers (until the server is dropped).
     Hang,
+    /// `200` and a body that never ends (no length; bytes until the client
+    /// hangs up or the server is dropped).
+    Endless,
 }
 
 impl Reply {
@@ -249,6 +252,10 @@ fn serve(stream: TcpStream, state: &Mutex<State>, fallback: &Reply, stop: &Atomi
         state.requests.push(request);
         state.script.pop_front().unwrap_or_else(|| fallback.clone())
     };
+    if let Reply::Endless = reply {
+        endless(stream, stop);
+        return;
+    }
     let (code, content_type, body) = match reply {
         Reply::Status(code, body) => (code, "text/plain", body),
         Reply::Json(code, body) => (code, "application/json; charset=utf-8", body),
@@ -258,6 +265,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>, fallback: &Reply, stop: &Atomi
             }
             return;
         }
+        Reply::Endless => return,
     };
     let mut stream = stream;
     let head = format!(
@@ -268,6 +276,17 @@ fn serve(stream: TcpStream, state: &Mutex<State>, fallback: &Reply, stop: &Atomi
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body.as_bytes());
     let _ = stream.flush();
+}
+
+/// Streams a body with no end: the answer a broken or hostile service
+/// could give, to check clients stop reading at their cap.
+fn endless(mut stream: TcpStream, stop: &AtomicBool) {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let chunk = vec![b' '; 64 * 1024];
+    while !stop.load(Ordering::SeqCst) && stream.write_all(&chunk).is_ok() {}
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {

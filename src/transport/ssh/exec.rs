@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use ssh2::{BlockDirections, ExtendedData, Session};
 
+use crate::transport::MAX_LINE_BYTES;
+
 /// Bytes read from stdin and offered to the channel at a time.
 pub const CHUNK: usize = 256 * 1024;
 /// The longest single wait, so deadlines and keepalives are checked often.
@@ -150,7 +152,9 @@ fn wait_readable(socket: &TcpStream, max: Duration) -> std::io::Result<bool> {
     }
 }
 
-/// Splits a byte stream into lines the way `BufRead::lines` does.
+/// Splits a byte stream into lines the way `BufRead::lines` does, except
+/// that a line longer than [`MAX_LINE_BYTES`] is cut into pieces of that
+/// size, so a host sending no newline cannot grow the buffer without bound.
 #[derive(Default)]
 struct Lines {
     partial: Vec<u8>,
@@ -161,8 +165,18 @@ impl Lines {
         self.partial.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(pos) = self.partial[start..].iter().position(|&b| b == b'\n') {
-            emit(&self.partial[start..start + pos], on_line);
+            let line = &self.partial[start..start + pos];
+            if line.is_empty() {
+                emit(line, on_line);
+            }
+            for piece in line.chunks(MAX_LINE_BYTES) {
+                emit(piece, on_line);
+            }
             start += pos + 1;
+        }
+        while self.partial.len() - start >= MAX_LINE_BYTES {
+            emit(&self.partial[start..start + MAX_LINE_BYTES], on_line);
+            start += MAX_LINE_BYTES;
         }
         self.partial.drain(..start);
     }
@@ -328,5 +342,21 @@ mod tests {
         lines.push(b"o\n\nthree", &mut on);
         lines.finish(&mut on);
         assert_eq!(seen, ["one", "two", "", "three"]);
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_at_the_cap() {
+        let mut seen = Vec::new();
+        let mut lines = Lines::default();
+        let mut on = |l: &str| seen.push(l.len());
+        let block = vec![b'x'; 1000];
+        for _ in 0..(3 * MAX_LINE_BYTES / 1000) {
+            lines.push(&block, &mut on);
+        }
+        assert!(lines.partial.len() < MAX_LINE_BYTES);
+        lines.push(b"\n", &mut on);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen.iter().all(|&n| n <= MAX_LINE_BYTES));
+        assert_eq!(seen.iter().sum::<usize>(), 3 * MAX_LINE_BYTES / 1000 * 1000);
     }
 }
