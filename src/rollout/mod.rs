@@ -243,6 +243,12 @@ pub enum RolloutError {
     },
     #[error("no canary is in progress on {0}; nothing to promote")]
     NoCanary(String),
+    #[error("on {host}: the health check failed ({attempts} attempts); last: {last}")]
+    Unhealthy {
+        host: String,
+        attempts: u32,
+        last: String,
+    },
 }
 
 fn rolled_back_text(to: Option<&str>, unreachable: &[String]) -> String {
