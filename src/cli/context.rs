@@ -101,7 +101,14 @@ impl Context {
             }
         };
         let config = self.config_at(&repo, &commit)?;
-        config.environment(environment)?;
+        let env = config.environment(environment)?;
+        // `--ref HEAD` or a commit id names no branch: the release is the
+        // environment's branch's (packages and history say so, not "HEAD").
+        let branch = match git_ref {
+            Some("HEAD") => None,
+            _ => repo.branch_of(&branch),
+        }
+        .unwrap_or_else(|| env.branch.clone());
         Ok(Loaded {
             repo,
             commit,
