@@ -11,6 +11,7 @@ pub mod run;
 pub mod server;
 pub mod sshd;
 pub mod standin;
+pub mod synapse;
 
 pub use app::{App, LocalHosts};
 pub use run::Run;
