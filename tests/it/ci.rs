@@ -684,6 +684,57 @@ fn a_pull_request_merged_into_production_deploys_its_merge_commit() {
     assert_eq!(step.outputs["deployed"], "true");
 }
 
+/// One merge fires two events: `pull_request` (closed, merged) and the
+/// `push` of the merge commit. A workflow listening to both rolled the same
+/// commit out twice, closing the cluster twice; the second run now sees the
+/// release live, says so, and exits 0 with `deployed=false`.
+#[test]
+fn a_merged_pull_request_and_then_its_push_deploy_once() {
+    let story = Story::new();
+    let api = github_api();
+    story.app.git(&["checkout", "-q", "-b", "checkout"]);
+    story
+        .app
+        .commit("New checkout", &[("public/index.html", "v2\n")]);
+    story.app.git(&["checkout", "-q", "production"]);
+    story.app.git(&[
+        "merge",
+        "-q",
+        "--no-ff",
+        "-m",
+        "Merge pull request #42 from acme/checkout",
+        "checkout",
+    ]);
+    let merge = story.app.head();
+    let merged = story.event(
+        "pr-merged-production",
+        &[("/pull_request/merge_commit_sha", &merge)],
+    );
+    let first = story.ci("pull_request", &merged, &api.url());
+    first.run.success();
+    assert_eq!(first.outputs["deployed"], "true");
+    let release = story.hosts.current(0).expect("deployed");
+
+    let (_, pushed) = story.push_production();
+    let second = story.ci("push", &pushed, &api.url());
+    second
+        .run
+        .success()
+        .contains(&format!("{release} is already live on production"));
+    assert_eq!(second.outputs["deployed"], "false");
+    assert_eq!(second.outputs["commit"], merge);
+    story.assert_all_on(&release, "v2\n");
+    for i in 0..3 {
+        assert_eq!(story.hosts.history(i).len(), 1, "one rollout on host {i}");
+    }
+    let created = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == DEPLOYMENTS)
+        .count();
+    assert_eq!(created, 1, "one GitHub Deployment");
+}
+
 #[test]
 fn a_github_api_that_is_down_or_failing_never_fails_the_deploy() {
     let story = Story::new();
