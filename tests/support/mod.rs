@@ -7,6 +7,7 @@
 pub mod app;
 pub mod graphite;
 pub mod nginx;
+pub mod releases;
 pub mod run;
 pub mod server;
 pub mod sshd;
