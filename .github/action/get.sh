@@ -38,7 +38,8 @@ case "$MODE" in
     echo "SLIPWAY_BIN=$DIR/slipway" >> "$GITHUB_ENV"
     ;;
   build)
-    cargo build --release --locked --quiet \
+    # OpenSSL compiled in: a bare self-hosted runner has no libssl-dev.
+    cargo build --release --locked --quiet --features vendored-openssl \
       --manifest-path "$GITHUB_ACTION_PATH/Cargo.toml" --target-dir "$DIR"
     echo "SLIPWAY_BIN=$DIR/release/slipway" >> "$GITHUB_ENV"
     ;;

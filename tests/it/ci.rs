@@ -1461,7 +1461,7 @@ fn a_ref_without_a_release_builds_slipway_from_the_actions_source() {
     assert_eq!(
         calls.trim(),
         format!(
-            "build --release --locked --quiet --manifest-path {} --target-dir {}",
+            "build --release --locked --quiet --features vendored-openssl --manifest-path {} --target-dir {}",
             manifest.display(),
             action_path.join("target").display()
         )
