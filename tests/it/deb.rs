@@ -522,3 +522,43 @@ fn a_prebuilt_package_deploys_with_artifact_and_a_stale_one_is_refused() {
     }
     machine_untouched();
 }
+
+/// dpkg installs a package as root wherever its entries say. A prebuilt
+/// `.deb` that also drops a file outside its release directory (here a
+/// cron job), with the release tree and manifest left intact, is refused
+/// before any host is touched.
+#[test]
+fn a_prebuilt_package_that_installs_outside_its_release_is_refused() {
+    let (app, hosts) = app_with_hosts("deb");
+    let out = app.scratch("out");
+    app.slipway(&["build", "--out", out.to_str().unwrap()])
+        .success();
+    let deb = the_deb(&out);
+    let tree = app.scratch("tree");
+    let (ok, text) = run(Command::new("dpkg-deb").arg("-R").arg(&deb).arg(&tree));
+    assert!(ok, "{text}");
+    std::fs::create_dir_all(tree.join("etc/cron.d")).unwrap();
+    std::fs::write(
+        tree.join("etc/cron.d/backdoor"),
+        "* * * * * root sh -c id\n",
+    )
+    .unwrap();
+    let evil = app.scratch("evil").join(deb.file_name().unwrap());
+    let (ok, text) = run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "-b"])
+        .arg(&tree)
+        .arg(&evil));
+    assert!(ok, "{text}");
+
+    app.slipway(&["deploy", "production", "--artifact", evil.to_str().unwrap()])
+        .failure(1)
+        .contains("`./etc/`")
+        .contains("installs outside the release directory");
+    for i in 0..3 {
+        assert_eq!(hosts.current(i), None, "nothing deployed on host {i}");
+        assert!(
+            !hosts.root(i).join("etc/cron.d/backdoor").exists(),
+            "host {i}"
+        );
+    }
+}
