@@ -195,6 +195,15 @@ fn read_data<R: Read>(
         } else {
             EntryKind::Symlink
         };
+        // `..` could climb out of any allowed directory; dpkg must never
+        // be handed one.
+        if name
+            .split('/')
+            .any(|part| part == ".." || part == "." || part.is_empty())
+            && !name.is_empty()
+        {
+            return Err(refuse(&raw, "has a `.`, `..` or empty path component"));
+        }
         if name.is_empty() || name == layout.release {
             if kind != EntryKind::Dir {
                 return Err(refuse(&raw, "is not a directory"));
