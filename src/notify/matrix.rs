@@ -165,6 +165,40 @@ fn encode(segment: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::notify::message::{DeployInfo, Kind, Occasion};
+
+    /// A commit subject is the committer's text: in `formatted_body` it is
+    /// escaped, never markup a client would render.
+    #[test]
+    fn the_html_body_escapes_every_value() {
+        let info = DeployInfo {
+            app: "shop".into(),
+            environment: "production".into(),
+            release: "20260101T000000Z-1a2b3c4".into(),
+            commit: "1a2b3c4d5e6f".into(),
+            commit_subject: "<img src=x onerror=alert(1)> & more".into(),
+            deployer: "alice".into(),
+            link: Some("https://ci.example.com/run?a=1&b=\"2\"".into()),
+            ..DeployInfo::default()
+        };
+        let body = super::body(&Occasion::new(Kind::Succeeded, &info));
+        let html = body["formatted_body"].as_str().unwrap();
+        assert_eq!(body["format"], "org.matrix.custom.html");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt; &amp; more"),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<a href="https://ci.example.com/run?a=1&amp;b=&quot;2&quot;">"#),
+            "{html}"
+        );
+        assert!(
+            body["body"].as_str().unwrap().contains("<img src=x"),
+            "plain stays plain"
+        );
+    }
+
     #[test]
     fn room_ids_are_encoded() {
         assert_eq!(super::encode("!abc:example.org"), "%21abc%3Aexample.org");
