@@ -99,7 +99,7 @@ pub fn build(
             let maintainer = deb
                 .maintainer
                 .clone()
-                .unwrap_or_else(|| format!("{app} deployers <root@localhost>"));
+                .unwrap_or_else(|| default_maintainer(app, &target.commit.committer));
             let scripts = deb.scripts.list();
             artifact::pack_deb(
                 &input,
@@ -117,4 +117,32 @@ pub fn build(
         }
     };
     Ok(artifact)
+}
+
+/// Who a package names as its maintainer when `[deb] maintainer` is unset:
+/// the commit's committer, who made this release. A committer without a
+/// name becomes `<app> deployers <email>`; lintian wants a name beside the
+/// address, and a real address, never `root@localhost`.
+fn default_maintainer(app: &str, committer: &str) -> String {
+    match committer.split_once('<') {
+        Some((name, email)) if name.trim().is_empty() => {
+            format!("{app} deployers <{}", email.trim())
+        }
+        _ => committer.trim().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_maintainer_is_the_committer() {
+        assert_eq!(
+            super::default_maintainer("shop", "Ada Lovelace <ada@example.org>"),
+            "Ada Lovelace <ada@example.org>"
+        );
+        assert_eq!(
+            super::default_maintainer("shop", " <ci@example.org>"),
+            "shop deployers <ci@example.org>"
+        );
+    }
 }

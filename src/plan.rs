@@ -284,6 +284,7 @@ mod tests {
             time,
             subject: "s".into(),
             author: "a".into(),
+            committer: "c".into(),
         };
         let a = release_id(&commit(1_700_000_000, "aaaaaaa"));
         let b = release_id(&commit(1_700_000_060, "0000000"));

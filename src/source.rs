@@ -64,6 +64,8 @@ pub struct Commit {
     pub subject: String,
     /// `Name <email>`.
     pub author: String,
+    /// `Name <email>` of who made the commit (a merge: who merged).
+    pub committer: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +189,21 @@ impl Repo {
         describe(&commit).map_err(|source| self.read_error(rev, source))
     }
 
+    /// The branch `rev` names: itself when `refs/heads/<rev>` exists, the
+    /// branch HEAD points at for `HEAD`, else `None` (a commit id, a tag, a
+    /// detached HEAD).
+    pub fn branch_of(&self, rev: &str) -> Option<String> {
+        let repo = self.repo.to_thread_local();
+        let name = rev.strip_prefix("refs/heads/").unwrap_or(rev);
+        if rev == "HEAD" {
+            let head = repo.head_name().ok()??;
+            return Some(head.shorten().to_string());
+        }
+        repo.find_reference(format!("refs/heads/{name}").as_str())
+            .ok()
+            .map(|_| name.to_owned())
+    }
+
     /// The contents of the regular file at `path` in the commit's tree, or
     /// `None` when nothing is there.
     ///
@@ -305,6 +322,7 @@ impl Repo {
 
 fn describe(commit: &gix::Commit<'_>) -> Result<Commit, gix::Error> {
     let author = commit.author()?;
+    let committer = commit.committer()?;
     let message = commit.message()?;
     Ok(Commit {
         id: commit.id.to_hex().to_string(),
@@ -312,6 +330,7 @@ fn describe(commit: &gix::Commit<'_>) -> Result<Commit, gix::Error> {
         time: commit.time()?.seconds,
         subject: message.summary().to_str_lossy().into_owned(),
         author: format!("{} <{}>", author.name, author.email),
+        committer: format!("{} <{}>", committer.name, committer.email),
     })
 }
 

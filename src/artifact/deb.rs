@@ -102,6 +102,16 @@ pub enum DebError {
         "the conffile `{path}` is not a regular file of the built release; fix [deb] conffiles or the build"
     )]
     MissingConffile { path: String },
+    #[error(
+        "refusing {}: it is the package `{found}`, but this release's package is `{expected}`; it was built from another commit (or with another [deb] package_prefix): build it again from the commit you deploy", archive.display()
+    )]
+    WrongPackage {
+        archive: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("{} has no control.tar.gz or data.tar.gz; it is not a package slipway built", archive.display())]
+    NotAPackage { archive: PathBuf },
     #[error("`{name}` is not a maintainer script; use one of {}", SCRIPT_NAMES.join(", "))]
     UnknownScript { name: String },
     #[error(
@@ -161,7 +171,32 @@ pub fn version(source_time: i64, release_id: &str) -> Option<String> {
     })
 }
 
-/// Packs `input.dir` into `out_dir/<package>_<version>_<arch>.deb` and writes
+/// lintian's limit on a package's file name (`package-has-long-file-name`),
+/// which it checks with the architecture counted as its longest one.
+const FILE_NAME_LIMIT: usize = 80;
+const LONGEST_ARCHITECTURE: usize = "kfreebsd-amd64".len();
+
+/// The package's file name: `<package>_<arch>.deb`. The package name holds
+/// the release id, so the name is unique per release without the version
+/// (which repeats the release id); a prefix too long for lintian's limit is
+/// cut, the release id never is.
+pub fn file_name(package: &str, release_id: &str, architecture: &str) -> String {
+    let room = FILE_NAME_LIMIT - LONGEST_ARCHITECTURE - "_.deb".len();
+    let mut name = package.to_owned();
+    if name.len() > room {
+        // Package names are ASCII (checked by `is_package_name`).
+        let id_part = release_id.len() + 1;
+        let prefix_room = room.saturating_sub(id_part);
+        name = format!(
+            "{}{}",
+            &package[..prefix_room],
+            &package[package.len() - id_part..]
+        );
+    }
+    format!("{name}_{architecture}.deb")
+}
+
+/// Packs `input.dir` into `out_dir/`[`file_name`] and writes
 /// `out_dir/<app>-<release_id>.manifest.json` beside it. Excludes work as for
 /// [`super::pack`].
 ///
@@ -227,7 +262,7 @@ pub fn pack_deb(
         release_dir: &release_dir,
         mtime,
     };
-    let path = out_dir.join(format!("{package}_{version}_{}.deb", deb.architecture));
+    let path = out_dir.join(file_name(&package, input.release_id, deb.architecture));
     let (sha256, size) = write_package(&meta, &manifest, &entries, &scripts, &path)?;
     manifest.sha256 = Some(sha256.clone());
     let manifest_path = out_dir.join(format!("{}-{}.manifest.json", input.app, input.release_id));
@@ -241,7 +276,7 @@ pub fn pack_deb(
 }
 
 /// `<deploy_to>/releases/<id>` as a relative archive path (`srv/shop/...`).
-fn release_dir(deploy_to: &str, release_id: &str) -> Result<String, DebError> {
+pub(crate) fn release_dir(deploy_to: &str, release_id: &str) -> Result<String, DebError> {
     let bad = || DebError::BadDeployTo {
         deploy_to: deploy_to.to_owned(),
     };
@@ -799,6 +834,25 @@ mod tests {
     }
 
     #[test]
+    fn file_names_stay_within_lintians_limit_and_keep_the_release_id() {
+        let id = "20231114T221320Z-0123456";
+        let long = package_name(&"a".repeat(60), id);
+        let name = file_name(&long, id, "all");
+        assert!(
+            name.len() - 3 + LONGEST_ARCHITECTURE <= FILE_NAME_LIMIT,
+            "{name}"
+        );
+        assert!(
+            name.ends_with("-20231114t221320z-0123456_all.deb"),
+            "{name}"
+        );
+        assert_eq!(
+            file_name("web-release-x", "x", "amd64"),
+            "web-release-x_amd64.deb"
+        );
+    }
+
+    #[test]
     fn package_is_reproducible_with_fixed_metadata() {
         let (a, b, out_a, out_b) = (tmp(), tmp(), tmp(), tmp());
         tree(a.path());
@@ -831,7 +885,7 @@ mod tests {
         assert_eq!(first.manifest.file_count, 4);
         assert_eq!(
             first.path.file_name().unwrap(),
-            "shop-release-20231114t221320z-0123456_20231114.221320+g0123456_all.deb"
+            "shop-release-20231114t221320z-0123456_all.deb"
         );
 
         let members = members(&first.path);

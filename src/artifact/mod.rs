@@ -28,6 +28,7 @@
 use std::path::PathBuf;
 
 mod deb;
+mod deb_verify;
 mod digest;
 mod manifest;
 mod tarball;
@@ -37,6 +38,7 @@ pub use deb::{
     DEB_FORMAT, DebError, DebInput, SCRIPT_NAMES, default_package_prefix, is_package_name,
     pack_deb, package_name,
 };
+pub use deb_verify::{DebExpect, open_deb};
 pub use digest::sha256_file;
 pub use manifest::Manifest;
 pub use tarball::pack;

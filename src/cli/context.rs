@@ -199,15 +199,22 @@ impl Context {
         };
         let config = self.config_at(&repo, &commit)?;
         let env = config.environment(environment)?;
+        // `--ref HEAD` or a commit id names no branch: the release is the
+        // environment's branch's (packages and history say so, not "HEAD").
+        let branch = match git_ref {
+            Some("HEAD") => None,
+            _ => repo.branch_of(&branch),
+        }
+        .unwrap_or_else(|| env.branch.clone());
         if self.pins.is_some() {
             // The branch an environment deploys is the pinned one, whichever
             // ref the operator named.
-            let branch = self
+            let pinned = self
                 .reach()
                 .pinned_branch(environment)
                 .unwrap_or(&branch)
                 .to_owned();
-            self.reach().check(environment, env, &branch)?;
+            self.reach().check(environment, env, &pinned)?;
         }
         Ok(Loaded {
             repo,

@@ -225,12 +225,24 @@ fn build_for(
 
 /// A prebuilt artifact must be the build of the commit being deployed.
 fn prebuilt(path: &std::path::Path, plan: &Plan) -> anyhow::Result<Artifact> {
-    anyhow::ensure!(
-        plan.artifact == ArtifactFormat::TarGz,
-        "deploying a prebuilt .deb ({}) is not supported yet; deploy without --artifact and slipway builds the package",
-        path.display()
-    );
-    let artifact = artifact::open(path)?;
+    let artifact = match plan.artifact {
+        ArtifactFormat::TarGz => artifact::open(path)?,
+        ArtifactFormat::Deb => {
+            let prefix = plan
+                .deb
+                .package_prefix
+                .clone()
+                .unwrap_or_else(|| artifact::default_package_prefix(&plan.app));
+            artifact::open_deb(
+                path,
+                &artifact::DebExpect {
+                    deploy_to: &plan.deploy_to,
+                    package_prefix: &prefix,
+                    release_id: &plan.release_id,
+                },
+            )?
+        }
+    };
     anyhow::ensure!(
         artifact.manifest.commit == plan.commit.id && artifact.manifest.app == plan.app,
         "{} was built from {} of {}, not {} of {}; build it again from the commit you deploy",
@@ -294,6 +306,7 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         time: 0,
         subject: format!("rollback to {release}"),
         author: String::new(),
+        committer: String::new(),
     };
     let mut plan = plan::plan(
         &loaded.config,
@@ -338,6 +351,7 @@ fn canary_rollout(
         time: 0,
         subject: format!("canary {}", in_progress.release),
         author: String::new(),
+        committer: String::new(),
     };
     let mut plan = plan::plan(
         &loaded.config,
@@ -384,11 +398,16 @@ pub fn build(ctx: &Context, args: &BuildArgs) -> anyhow::Result<u8> {
     let repo = ctx.open_repo()?;
     let commit = repo.resolve(&args.git_ref)?;
     let config = ctx.config_at(&repo, &commit)?;
-    let branch = args
-        .git_ref
-        .strip_prefix("refs/heads/")
-        .unwrap_or(&args.git_ref)
-        .to_owned();
+    // The branch the package describes and the build sees: the one the ref
+    // names (HEAD: the checked-out branch); for a commit id, the branch of
+    // the only environment, else the ref as given.
+    let branch = repo.branch_of(&args.git_ref).unwrap_or_else(|| {
+        let mut envs = config.environments.values();
+        match (envs.next(), envs.next()) {
+            (Some(only), None) => only.branch.clone(),
+            _ => args.git_ref.clone(),
+        }
+    });
     let release_id = plan::release_id(&commit);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

@@ -60,7 +60,7 @@ pub struct Deb {
     /// Package names are `<prefix>-<release id>`; default `<app>-release`.
     #[serde(default)]
     pub package_prefix: Option<String>,
-    /// `Name <email>`; default `<app> deployers <root@localhost>`.
+    /// `Name <email>`; default: the committer of the commit being packed.
     #[serde(default)]
     pub maintainer: Option<String>,
     #[serde(default)]

@@ -36,6 +36,17 @@ impl Request {
         }
     }
 
+    /// A GET without a body: a lookup whose JSON answer a service needs.
+    pub fn get(url: String) -> Self {
+        Self {
+            method: Method::GET,
+            url,
+            headers: Vec::new(),
+            body: None,
+            check: Check::Status,
+        }
+    }
+
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
@@ -105,6 +116,9 @@ pub struct Outcome {
     pub ok: bool,
     pub attempts: u32,
     pub error: Option<String>,
+    /// The body of the answer that succeeded (clipped like error bodies
+    /// are not: lookups read it).
+    pub answer: Option<String>,
 }
 
 /// Removes secret values from text meant for people.
@@ -171,11 +185,12 @@ pub async fn deliver(
         attempts_made(attempt);
         let result = send_once(client, request, policy.timeout).await;
         match result {
-            Ok(()) => {
+            Ok(answer) => {
                 return Outcome {
                     ok: true,
                     attempts: attempt,
                     error: None,
+                    answer: Some(answer),
                 };
             }
             Err(failure) if failure.retry && attempt < policy.attempts() => {
@@ -196,6 +211,7 @@ pub async fn deliver(
                     ok: false,
                     attempts: attempt,
                     error: Some(redactor.scrub(&format!("{}{tries}", failure.message))),
+                    answer: None,
                 };
             }
         }
@@ -211,7 +227,7 @@ async fn send_once(
     client: &reqwest::Client,
     request: &Request,
     timeout: Duration,
-) -> Result<(), Failure> {
+) -> Result<String, Failure> {
     let target = origin(&request.url);
     let mut builder = client
         .request(request.method.clone(), &request.url)
@@ -227,11 +243,11 @@ async fn send_once(
         retry: true,
     })?;
     let status = response.status();
-    let body = capped_body(response).await.map_err(|why| Failure {
+    let answer = capped_body(response).await.map_err(|why| Failure {
         message: format!("{} {target} answered {status} {why}", request.method),
         retry: false,
     })?;
-    let body = super::message::clip(body.trim(), 300);
+    let body = super::message::clip(answer.trim(), 300);
     if !status.is_success() {
         let retry = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
         return Err(Failure {
@@ -242,7 +258,8 @@ async fn send_once(
     check_body(request.check, &body).map_err(|why| Failure {
         message: format!("{} {target} answered {status} but {why}", request.method),
         retry: false,
-    })
+    })?;
+    Ok(answer)
 }
 
 /// The answer's body, read chunk by chunk and never more than

@@ -13,7 +13,7 @@
 //! # Chat: told about started, succeeded, failed, rolled-back (or the `events` listed).
 //! slack = { webhook_env = "SLACK_WEBHOOK_URL", events = ["succeeded", "failed", "rolled-back"] }
 //! teams = { webhook_env = "TEAMS_WEBHOOK_URL" }            # a Workflows webhook
-//! matrix = { homeserver = "https://matrix.example.org", room_id = "!abc:example.org", token_env = "MATRIX_TOKEN" }
+//! matrix = { homeserver = "https://matrix.example.org", room_id = "#deploys:example.org", token_env = "MATRIX_TOKEN" }  # an id or an alias
 //!
 //! # Monitoring markers: after a success, and after a failure that was rolled back.
 //! newrelic = { api_key_env = "NEW_RELIC_API_KEY", entity_guid = "MXxBUE18QVBQTElDQVRJT058MTIz", region = "us" }
@@ -66,6 +66,23 @@ pub trait Service: Send + Sync {
 
     /// The request that tells it about `occasion`; `None` to skip.
     fn request(&self, occasion: &Occasion) -> Option<Request>;
+
+    /// A request to make once before the first delivery, whose JSON answer
+    /// [`Service::request_after`] needs (Matrix: resolving a room alias).
+    /// Its answer is kept for the rest of the run; a failed lookup fails
+    /// that delivery and is tried again for the next one.
+    fn lookup(&self) -> Option<Request> {
+        None
+    }
+
+    /// The request for `occasion` given the lookup's answer.
+    fn request_after(
+        &self,
+        occasion: &Occasion,
+        _looked_up: &serde_json::Value,
+    ) -> Option<Request> {
+        self.request(occasion)
+    }
 }
 
 /// The report of one delivery: one notifier, one event.
@@ -353,8 +370,32 @@ struct Worker {
 
 impl Worker {
     async fn run(self, mut inbox: mpsc::UnboundedReceiver<Occasion>) {
+        let mut looked_up: Option<serde_json::Value> = None;
         while let Some(occasion) = inbox.recv().await {
-            let Some(request) = self.service.request(&occasion) else {
+            let request = match (self.service.lookup(), &looked_up) {
+                (None, _) => self.service.request(&occasion),
+                (Some(_), Some(answer)) => self.service.request_after(&occasion, answer),
+                (Some(lookup), None) => match self.look_up(&lookup).await {
+                    Ok(answer) => {
+                        let request = self.service.request_after(&occasion, &answer);
+                        looked_up = Some(answer);
+                        request
+                    }
+                    Err(failed) => {
+                        let mut progress = lock(&self.progress);
+                        progress.pending.pop_front();
+                        progress.done.push(Delivery {
+                            notifier: self.name.clone(),
+                            event: occasion.kind.as_str().to_owned(),
+                            ok: false,
+                            attempts: failed.attempts,
+                            error: failed.error,
+                        });
+                        continue;
+                    }
+                },
+            };
+            let Some(request) = request else {
                 lock(&self.progress).pending.pop_front();
                 continue;
             };
@@ -375,6 +416,28 @@ impl Worker {
                 attempts: outcome.attempts,
                 error: outcome.error,
             });
+        }
+    }
+}
+
+impl Worker {
+    /// Makes `lookup` (with retries) and reads its answer as JSON.
+    async fn look_up(&self, lookup: &Request) -> Result<serde_json::Value, deliver::Outcome> {
+        let outcome =
+            deliver::deliver(&self.client, lookup, self.policy, &self.redactor, &|_| {}).await;
+        if !outcome.ok {
+            return Err(outcome);
+        }
+        match serde_json::from_str(outcome.answer.as_deref().unwrap_or_default()) {
+            Ok(json) => Ok(json),
+            Err(e) => Err(deliver::Outcome {
+                ok: false,
+                error: Some(format!(
+                    "GET {} answered something that is not JSON: {e}",
+                    deliver::origin(&lookup.url)
+                )),
+                ..outcome
+            }),
         }
     }
 }

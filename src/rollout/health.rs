@@ -41,13 +41,13 @@ pub fn check(
         Attempt::Transport(e) => return Err(e.into()),
         Attempt::Answer(text) => text,
     };
-    Err(TransportError::Failed {
+    // Not a `TransportError::Failed`: that one reads a missing exit code as
+    // "a signal", and here the exit status (or HTTP answer) is in `last`.
+    Err(RolloutError::Unhealthy {
         host: host.name().to_owned(),
-        what: format!("the health check (after {} attempts)", health.retries + 1),
-        code: None,
-        tail: last,
-    }
-    .into())
+        attempts: health.retries.saturating_add(1),
+        last,
+    })
 }
 
 /// Why one attempt failed.

@@ -243,6 +243,20 @@ pub enum RolloutError {
     },
     #[error("no canary is in progress on {0}; nothing to promote")]
     NoCanary(String),
+    #[error("on {host}: the health check failed {}; last: {last}", attempts_text(*.attempts))]
+    Unhealthy {
+        host: String,
+        attempts: u32,
+        last: String,
+    },
+}
+
+fn attempts_text(attempts: u32) -> String {
+    if attempts == 1 {
+        "after 1 attempt".to_owned()
+    } else {
+        format!("after {attempts} attempts")
+    }
 }
 
 fn rolled_back_text(to: Option<&str>, unreachable: &[String]) -> String {

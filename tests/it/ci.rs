@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::json;
 use serde_yaml_ng::Value as Yaml;
 
+use crate::support::releases::ReleaseServer;
 use crate::support::run::{Run, run, slipway_for, ssh_flags};
 use crate::support::sshd::SshCluster;
 use crate::support::standin::{Recorded, Reply, StandIn};
@@ -692,6 +693,57 @@ fn a_pull_request_merged_into_production_deploys_its_merge_commit() {
     assert_eq!(step.outputs["deployed"], "true");
 }
 
+/// One merge fires two events: `pull_request` (closed, merged) and the
+/// `push` of the merge commit. A workflow listening to both rolled the same
+/// commit out twice, closing the cluster twice; the second run now sees the
+/// release live, says so, and exits 0 with `deployed=false`.
+#[test]
+fn a_merged_pull_request_and_then_its_push_deploy_once() {
+    let story = Story::new();
+    let api = github_api();
+    story.app.git(&["checkout", "-q", "-b", "checkout"]);
+    story
+        .app
+        .commit("New checkout", &[("public/index.html", "v2\n")]);
+    story.app.git(&["checkout", "-q", "production"]);
+    story.app.git(&[
+        "merge",
+        "-q",
+        "--no-ff",
+        "-m",
+        "Merge pull request #42 from acme/checkout",
+        "checkout",
+    ]);
+    let merge = story.app.head();
+    let merged = story.event(
+        "pr-merged-production",
+        &[("/pull_request/merge_commit_sha", &merge)],
+    );
+    let first = story.ci("pull_request", &merged, &api.url());
+    first.run.success();
+    assert_eq!(first.outputs["deployed"], "true");
+    let release = story.hosts.current(0).expect("deployed");
+
+    let (_, pushed) = story.push_production();
+    let second = story.ci("push", &pushed, &api.url());
+    second
+        .run
+        .success()
+        .contains(&format!("{release} is already live on production"));
+    assert_eq!(second.outputs["deployed"], "false");
+    assert_eq!(second.outputs["commit"], merge);
+    story.assert_all_on(&release, "v2\n");
+    for i in 0..3 {
+        assert_eq!(story.hosts.history(i).len(), 1, "one rollout on host {i}");
+    }
+    let created = api
+        .requests()
+        .iter()
+        .filter(|r| r.path == DEPLOYMENTS)
+        .count();
+    assert_eq!(created, 1, "one GitHub Deployment");
+}
+
 #[test]
 fn a_github_api_that_is_down_or_failing_never_fails_the_deploy() {
     let story = Story::new();
@@ -861,6 +913,19 @@ fn action_yml_is_a_composite_action_whose_inputs_reach_run_steps_only_through_en
 struct StepLog {
     name: String,
     log: String,
+    ok: bool,
+}
+
+/// How the emulated runner lays out the action.
+struct Runner<'a> {
+    /// `GITHUB_ACTION_PATH`: where the runner checked the action out.
+    action_path: PathBuf,
+    /// `SLIPWAY_BIN` set before the first step (a binary the job provides).
+    bin: Option<PathBuf>,
+    /// More variables for every step (`RUNNER_OS`, `GITHUB_SERVER_URL`, …).
+    env: Vec<(&'a str, String)>,
+    /// Stop after the step with this name.
+    last_step: Option<&'a str>,
 }
 
 /// Runs the action's steps with bash the way a runner does, with `given`
@@ -869,6 +934,34 @@ fn run_action(
     story: &Story,
     runner_env: &[(String, String)],
     given: &[(&str, &str)],
+) -> (
+    BTreeMap<String, String>,
+    Vec<StepLog>,
+    BTreeMap<String, String>,
+) {
+    let runner = Runner {
+        action_path: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_slipway"))),
+        env: Vec::new(),
+        last_step: None,
+    };
+    let (outputs, logs, exported) = run_action_with(story, runner_env, given, &runner);
+    for step in &logs {
+        assert!(step.ok, "step {} failed:\n{}", step.name, step.log);
+    }
+    (outputs, logs, exported)
+}
+
+/// [`run_action`] as `runner` lays it out; stops at the first failed step.
+/// `uses:` steps (actions/cache) are skipped: they only make a later run
+/// faster, and the steps must work without them.
+/// `github.action_repository` and `github.action_ref` are empty, as GitHub
+/// leaves them inside composite actions (actions/runner#2473).
+fn run_action_with(
+    story: &Story,
+    runner_env: &[(String, String)],
+    given: &[(&str, &str)],
+    runner: &Runner<'_>,
 ) -> (
     BTreeMap<String, String>,
     Vec<StepLog>,
@@ -895,21 +988,40 @@ fn run_action(
             other => panic!("unsupported expression in a default: {other}"),
         })
     };
+    let step_outputs: std::cell::RefCell<BTreeMap<String, BTreeMap<String, String>>> =
+        std::cell::RefCell::default();
     let resolve = |e: &str| -> String {
+        let mut parts = e.splitn(4, '.');
+        if let (Some("steps"), Some(id), Some("outputs"), Some(key)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            return step_outputs
+                .borrow()
+                .get(id)
+                .and_then(|o| o.get(key))
+                .cloned()
+                .unwrap_or_default();
+        }
         match e.strip_prefix("inputs.") {
             Some(name) => input(name),
             None if e == "github.token" => TOKEN.to_owned(),
+            None if e == "github.action_repository" || e == "github.action_ref" => String::new(),
             None => panic!("this runner does not know ${{{{ {e} }}}}"),
         }
     };
 
     let mut exported: Vec<(String, String)> = Vec::new();
+    if let Some(bin) = &runner.bin {
+        exported.push(("SLIPWAY_BIN".to_owned(), bin.display().to_string()));
+    }
     let mut path_dirs: Vec<String> = Vec::new();
-    let mut step_outputs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut logs = Vec::new();
     let steps = action["runs"]["steps"].as_sequence().expect("steps");
     for (i, step) in steps.iter().enumerate() {
         let name = step["name"].as_str().unwrap_or("step").to_owned();
+        if step.get("uses").is_some() {
+            continue;
+        }
         let script = text(&step["run"], "run");
         assert_eq!(text(&step["shell"], "shell"), "bash", "{name}");
         let script_path = story.file(&format!("step{i}.sh"), &substitute(script, &resolve));
@@ -929,13 +1041,13 @@ fn run_action(
         cmd.env("PATH", path.join(":"))
             .env("LANG", "C.UTF-8")
             .envs(runner_env.iter().cloned())
-            .env("GITHUB_ACTION_PATH", env!("CARGO_MANIFEST_DIR"))
-            .env("GITHUB_ACTION_REPOSITORY", "acme/slipway")
+            .envs(runner.env.iter().map(|(k, v)| (*k, v)))
+            .env("GITHUB_ACTION_PATH", &runner.action_path)
+            .env("GITHUB_ACTION_REPOSITORY", "")
             .env("GITHUB_ENV", &github_env)
             .env("GITHUB_OUTPUT", &github_output)
             .env("GITHUB_PATH", &github_path)
             .env("GITHUB_STEP_SUMMARY", &summary)
-            .env("SLIPWAY_BIN", env!("CARGO_BIN_EXE_slipway"))
             .envs(exported.iter().cloned());
         if let Some(env) = step["env"].as_mapping() {
             for (key, value) in env {
@@ -955,12 +1067,12 @@ fn run_action(
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            out.status.success(),
-            "step {name} failed ({}):\n{log}",
-            out.status
-        );
-        logs.push(StepLog { name, log });
+        let ok = out.status.success();
+        let last = runner.last_step == Some(name.as_str());
+        logs.push(StepLog { name, log, ok });
+        if !ok {
+            break;
+        }
 
         let read = |p: &Path| std::fs::read_to_string(p).expect("runner file");
         exported.extend(
@@ -972,7 +1084,7 @@ fn run_action(
             path_dirs.insert(0, dir.to_owned());
         }
         if let Some(id) = step["id"].as_str() {
-            step_outputs.insert(
+            step_outputs.borrow_mut().insert(
                 id.to_owned(),
                 runner_file(&read(&github_output))
                     .into_iter()
@@ -980,7 +1092,11 @@ fn run_action(
                     .collect(),
             );
         }
+        if last {
+            break;
+        }
     }
+    let step_outputs = step_outputs.into_inner();
 
     let mut outputs = BTreeMap::new();
     for (name, output) in action["outputs"].as_mapping().expect("outputs") {
@@ -1018,9 +1134,9 @@ fn the_composite_action_run_step_by_step_deploys_with_a_pasted_crlf_key_it_never
         &story,
         &runner_env,
         &[
+            ("environment", "production"),
             ("ssh-private-key", &pasted),
             ("known-hosts", known_hosts.trim_end()),
-            ("environment", "production"),
         ],
     );
 
@@ -1112,4 +1228,311 @@ fn ci_deploys_only_to_the_environment_the_job_declares() {
         story.assert_untouched();
     }
     assert!(api.requests().is_empty(), "no Deployment was created");
+}
+
+// ---------------------------------------------------------------------------
+// Getting slipway: release archives, checksums, the source build fallback
+
+const TARGETS: [&str; 4] = [
+    "x86_64-unknown-linux-musl",
+    "aarch64-unknown-linux-musl",
+    "x86_64-apple-darwin",
+    "aarch64-apple-darwin",
+];
+
+/// The action as a runner checks it out for `uses: acme/slipway@<git_ref>`:
+/// `<work>/_actions/acme/slipway/<git_ref>`, holding the repository's files
+/// (copied, so a build's `target/` lands there, not in this checkout).
+fn checked_out_action(story: &Story, git_ref: &str) -> PathBuf {
+    let dir = story
+        .cluster
+        .path("work/_actions/acme/slipway")
+        .join(git_ref);
+    std::fs::create_dir_all(&dir).expect("action dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for item in ["action.yml", "Cargo.toml", "Cargo.lock", "src", ".github"] {
+        let status = Command::new("cp")
+            .arg("-R")
+            .arg(root.join(item))
+            .arg(&dir)
+            .status()
+            .expect("cp runs");
+        assert!(status.success(), "copying {item}");
+    }
+    dir
+}
+
+/// A runner on `os`/`arch` (as `RUNNER_OS`/`RUNNER_ARCH` name them) with
+/// its own tool cache, GitHub's downloads served by `releases`.
+fn runner_on<'a>(
+    story: &Story,
+    action_path: PathBuf,
+    releases: &ReleaseServer,
+    (os, arch): (&str, &str),
+) -> Runner<'a> {
+    let tool_cache = story.cluster.path(&format!("tool-cache-{os}-{arch}"));
+    Runner {
+        action_path,
+        bin: None,
+        env: vec![
+            ("GITHUB_SERVER_URL", releases.url()),
+            ("RUNNER_OS", os.to_owned()),
+            ("RUNNER_ARCH", arch.to_owned()),
+            ("RUNNER_TOOL_CACHE", tool_cache.display().to_string()),
+        ],
+        last_step: Some("Get slipway"),
+    }
+}
+
+/// A stand-in for the binary of `target` (the real one is 200 MB in a debug
+/// build): a script that says which target it is, so a test sees which
+/// archive was unpacked.
+fn stand_in_binary(story: &Story, target: &str) -> PathBuf {
+    let path = story.cluster.path(&format!("bin-{target}/slipway"));
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    std::fs::write(&path, format!("#!/bin/sh\necho 'slipway for {target}'\n")).expect("script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    path
+}
+
+fn download_path(tag: &str, asset: &str) -> String {
+    format!("/acme/slipway/releases/download/{tag}/{asset}")
+}
+
+/// The action pinned to a release (`uses: acme/slipway@v9.9.9`) used to
+/// build its download URL from `$GITHUB_ACTION_REPOSITORY`, which GitHub
+/// leaves empty inside composite actions, and to fetch a `-linux` build
+/// whatever the runner. Now it finds itself from `$GITHUB_ACTION_PATH`,
+/// fetches the archive for the runner, checks it and deploys with it; a
+/// second job on the same runner takes it from the tool cache.
+#[test]
+fn the_action_downloads_its_own_release_for_a_linux_x64_runner_and_deploys_with_it() {
+    let story = Story::new();
+    let api = github_api();
+    let releases = ReleaseServer::start();
+    for target in TARGETS {
+        let binary = match target {
+            // The one this runner runs: the real slipway, which deploys.
+            "x86_64-unknown-linux-musl" => PathBuf::from(env!("CARGO_BIN_EXE_slipway")),
+            other => stand_in_binary(&story, other),
+        };
+        releases.publish("acme/slipway", "v9.9.9", target, &binary, None);
+    }
+    let action_path = checked_out_action(&story, "v9.9.9");
+    let (commit, event) = story.push_production();
+    let runner_env = story.runner_env("push", &event, &api.url());
+    let mut runner = runner_on(&story, action_path, &releases, ("Linux", "X64"));
+    runner.last_step = None;
+    let key = std::fs::read_to_string(&story.cluster.keys.private).expect("key");
+    let known_hosts = std::fs::read_to_string(&story.cluster.known_hosts).expect("known_hosts");
+    let inputs = [
+        ("environment", "production"),
+        ("ssh-private-key", key.as_str()),
+        ("known-hosts", known_hosts.as_str()),
+    ];
+
+    let (outputs_, logs, exported) = run_action_with(&story, &runner_env, &inputs, &runner);
+    for step in &logs {
+        assert!(step.ok, "step {} failed:\n{}", step.name, step.log);
+    }
+    let asset = "slipway-x86_64-unknown-linux-musl.tar.gz";
+    assert_eq!(
+        releases.fetched(),
+        [
+            download_path("v9.9.9", &format!("{asset}.sha256")),
+            download_path("v9.9.9", asset),
+            download_path("v9.9.9", &format!("{asset}.sha256")),
+        ]
+    );
+    let bin = PathBuf::from(&exported["SLIPWAY_BIN"]);
+    assert!(
+        bin.ends_with("slipway/v9.9.9/x86_64-unknown-linux-musl/slipway"),
+        "{}",
+        bin.display()
+    );
+    let release = story.hosts.current(0).expect("deployed");
+    story.assert_all_on(&release, "v1\n");
+    assert_eq!(outputs_["deployed"], "true");
+    assert_eq!(outputs_["commit"], commit);
+
+    // The next job finds it in the tool cache: only the release check.
+    let (_, logs, _) = run_action_with(&story, &runner_env, &inputs, &runner);
+    assert!(logs.iter().all(|s| s.ok));
+    let get = logs.iter().find(|s| s.name == "Get slipway").expect("step");
+    assert!(get.log.contains("slipway from the cache"), "{}", get.log);
+    assert_eq!(releases.fetched().len(), 4, "{:?}", releases.fetched());
+}
+
+/// Each runner gets its own archive: Linux on ARM64, macOS on Apple silicon
+/// and on Intel (macOS has `shasum`, not `sha256sum`; the step uses
+/// whichever the runner has).
+#[test]
+fn the_action_picks_the_archive_for_linux_arm64_and_macos_runners() {
+    let story = Story::new();
+    let api = github_api();
+    let releases = ReleaseServer::start();
+    for target in TARGETS {
+        let binary = stand_in_binary(&story, target);
+        releases.publish("acme/slipway", "v9.9.9", target, &binary, None);
+    }
+    let action_path = checked_out_action(&story, "v9.9.9");
+    let (_, event) = story.push_production();
+    let runner_env = story.runner_env("push", &event, &api.url());
+    for (os, arch, target) in [
+        ("Linux", "ARM64", "aarch64-unknown-linux-musl"),
+        ("macOS", "ARM64", "aarch64-apple-darwin"),
+        ("macOS", "X64", "x86_64-apple-darwin"),
+    ] {
+        let runner = runner_on(&story, action_path.clone(), &releases, (os, arch));
+        let before = releases.fetched().len();
+        let (_, logs, exported) = run_action_with(
+            &story,
+            &runner_env,
+            &[("environment", "production")],
+            &runner,
+        );
+        for step in &logs {
+            assert!(step.ok, "{os}/{arch}: {} failed:\n{}", step.name, step.log);
+        }
+        let asset = format!("slipway-{target}.tar.gz");
+        assert_eq!(
+            releases.fetched()[before..],
+            [
+                download_path("v9.9.9", &format!("{asset}.sha256")),
+                download_path("v9.9.9", &asset),
+                download_path("v9.9.9", &format!("{asset}.sha256")),
+            ],
+            "{os}/{arch}"
+        );
+        let bin = &exported["SLIPWAY_BIN"];
+        assert!(bin.ends_with(&format!("{target}/slipway")), "{bin}");
+        let said = Command::new(bin).output().expect("runs");
+        assert_eq!(
+            String::from_utf8_lossy(&said.stdout).trim(),
+            format!("slipway for {target}"),
+            "{os}/{arch}"
+        );
+    }
+}
+
+/// An archive that does not match its published checksum (a tampered or
+/// truncated download) fails the step; it is never run, and the action
+/// does not quietly build from source instead.
+#[test]
+fn a_release_archive_with_a_wrong_checksum_fails_the_step() {
+    let story = Story::new();
+    let api = github_api();
+    let releases = ReleaseServer::start();
+    let binary = stand_in_binary(&story, "x86_64-unknown-linux-musl");
+    releases.publish(
+        "acme/slipway",
+        "v9.9.9",
+        "x86_64-unknown-linux-musl",
+        &binary,
+        Some(&"0".repeat(64)),
+    );
+    let action_path = checked_out_action(&story, "v9.9.9");
+    let (_, event) = story.push_production();
+    let runner_env = story.runner_env("push", &event, &api.url());
+    let runner = runner_on(&story, action_path.clone(), &releases, ("Linux", "X64"));
+
+    let (_, logs, exported) = run_action_with(
+        &story,
+        &runner_env,
+        &[("environment", "production")],
+        &runner,
+    );
+    let last = logs.last().expect("a step ran");
+    assert_eq!(last.name, "Get slipway");
+    assert!(!last.ok, "{}", last.log);
+    assert!(
+        last.log.contains("does not match its checksum"),
+        "{}",
+        last.log
+    );
+    assert!(!exported.contains_key("SLIPWAY_BIN"));
+    assert!(!action_path.join("target").exists(), "nothing was built");
+    story.assert_untouched();
+}
+
+/// A ref with no release (`uses: acme/slipway@main`) builds slipway from
+/// the action's source, into the cargo target dir the cache step keeps.
+/// The build is faked: a `cargo` first on PATH records its arguments and
+/// puts this test binary's slipway where the build would, because a real
+/// release build takes minutes.
+#[test]
+fn a_ref_without_a_release_builds_slipway_from_the_actions_source() {
+    let story = Story::new();
+    let api = github_api();
+    let releases = ReleaseServer::start();
+    let action_path = checked_out_action(&story, "main");
+    let (_, event) = story.push_production();
+    let runner_env = story.runner_env("push", &event, &api.url());
+    let fake = story.cluster.path("fake-cargo");
+    std::fs::create_dir_all(&fake).expect("dir");
+    let calls = fake.join("calls");
+    std::fs::write(
+        fake.join("cargo"),
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{calls}'\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = --target-dir ]; then dir=\"$2\"; fi\n  shift\ndone\nmkdir -p \"$dir/release\" && cp '{bin}' \"$dir/release/slipway\"\n",
+            calls = calls.display(),
+            bin = env!("CARGO_BIN_EXE_slipway"),
+        ),
+    )
+    .expect("fake cargo");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(fake.join("cargo"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let mut runner = runner_on(&story, action_path.clone(), &releases, ("Linux", "X64"));
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    runner.env.push(("PATH", path));
+
+    let (_, logs, exported) = run_action_with(
+        &story,
+        &runner_env,
+        &[("environment", "production")],
+        &runner,
+    );
+    for step in &logs {
+        assert!(step.ok, "step {} failed:\n{}", step.name, step.log);
+    }
+    let choose = logs
+        .iter()
+        .find(|s| s.name == "Choose slipway")
+        .expect("step");
+    assert!(
+        choose.log.contains("acme/slipway has no release main"),
+        "{}",
+        choose.log
+    );
+    let calls = std::fs::read_to_string(&calls).expect("cargo was called");
+    let manifest = action_path.join("Cargo.toml");
+    assert_eq!(
+        calls.trim(),
+        format!(
+            "build --release --locked --quiet --features vendored-openssl --manifest-path {} --target-dir {}",
+            manifest.display(),
+            action_path.join("target").display()
+        )
+    );
+    assert_eq!(
+        PathBuf::from(&exported["SLIPWAY_BIN"]),
+        action_path.join("target/release/slipway")
+    );
+    assert_eq!(
+        releases.fetched(),
+        [download_path(
+            "main",
+            "slipway-x86_64-unknown-linux-musl.tar.gz.sha256"
+        )]
+    );
 }

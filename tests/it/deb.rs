@@ -417,3 +417,148 @@ fn over_ssh_packages_install_into_each_hosts_own_dpkg_database_and_roll_back() {
         let _ = std::fs::remove_dir_all(format!("/usr/share/doc/{}", package(id)));
     }
 }
+
+/// A `.deb` built with no `[deb]` settings at all is what most users ship:
+/// it used to name `root@localhost` as maintainer (3 lintian errors), to
+/// carry the release id twice in a file name longer than lintian allows,
+/// and to describe itself as "branch HEAD".
+#[test]
+fn a_default_package_is_lintian_clean_and_names_its_committer_and_branch() {
+    need_tool("lintian", "lintian");
+    let app = App::new(
+        r#"[app]
+name = "storefront"
+artifact = "deb"
+
+[environments.production]
+branch = "production"
+hosts = ["local:/nowhere"]
+deploy_to = "/srv/storefront"
+"#,
+        &[("public/index.html", "v1\n")],
+    );
+    // A detached HEAD, as CI checks out a commit: the package still names
+    // the environment's branch.
+    app.git(&["checkout", "-q", "--detach"]);
+    let out = app.scratch("out");
+    app.slipway(&["build", "--out", out.to_str().unwrap()])
+        .success();
+    let deb = the_deb(&out);
+    let file_name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    let release = hosts_release_of(&file_name);
+    assert_eq!(
+        file_name,
+        format!("storefront-release-{release}_all.deb"),
+        "the release id appears once"
+    );
+
+    let (ok, info) = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
+    assert!(ok, "{info}");
+    assert!(
+        info.contains("Maintainer: Test <test@example.invalid>"),
+        "the committer maintains the package:\n{info}"
+    );
+    assert!(info.contains("of branch production."), "{info}");
+    assert!(!info.contains("HEAD"), "{info}");
+
+    let (_, lint) = run(Command::new("lintian").arg("--no-cfg").arg(&deb));
+    let complaints: Vec<&str> = lint
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(complaints.is_empty(), "lintian:\n{lint}");
+}
+
+/// The release id in a default package's file name, lowercased.
+fn hosts_release_of(file_name: &str) -> String {
+    file_name
+        .trim_start_matches("storefront-release-")
+        .trim_end_matches("_all.deb")
+        .to_owned()
+}
+
+/// `deploy --artifact` with a package built earlier (say by CI) deploys
+/// that very package, after checking it is the build of the commit being
+/// deployed, exactly as with a tarball; one from another commit is refused
+/// before any host is touched.
+#[test]
+fn a_prebuilt_package_deploys_with_artifact_and_a_stale_one_is_refused() {
+    let (app, hosts) = app_with_hosts("deb");
+    let old = app.scratch("old");
+    app.slipway(&["build", "--out", old.to_str().unwrap()])
+        .success();
+    let stale = the_deb(&old);
+    app.commit("Second", &[("public/index.html", "v2\n")]);
+
+    app.slipway(&[
+        "deploy",
+        "production",
+        "--artifact",
+        stale.to_str().unwrap(),
+    ])
+    .failure(1)
+    .contains("build it again from the commit you deploy");
+    for i in 0..3 {
+        assert_eq!(hosts.current(i), None, "nothing deployed on host {i}");
+    }
+
+    let out = app.scratch("new");
+    app.slipway(&["build", "--out", out.to_str().unwrap()])
+        .success();
+    let deb = the_deb(&out);
+    app.slipway(&["deploy", "production", "--artifact", deb.to_str().unwrap()])
+        .success();
+    let release = hosts.current(0).expect("a release");
+    for i in 0..3 {
+        assert_eq!(hosts.current(i).as_deref(), Some(release.as_str()));
+        assert_eq!(
+            hosts.read(i, "current/public/index.html").as_deref(),
+            Some("v2\n")
+        );
+        assert_eq!(
+            installed(&hosts.roots[i].join("var/lib/dpkg")),
+            [package(&release)]
+        );
+    }
+    machine_untouched();
+}
+
+/// dpkg installs a package as root wherever its entries say. A prebuilt
+/// `.deb` that also drops a file outside its release directory (here a
+/// cron job), with the release tree and manifest left intact, is refused
+/// before any host is touched.
+#[test]
+fn a_prebuilt_package_that_installs_outside_its_release_is_refused() {
+    let (app, hosts) = app_with_hosts("deb");
+    let out = app.scratch("out");
+    app.slipway(&["build", "--out", out.to_str().unwrap()])
+        .success();
+    let deb = the_deb(&out);
+    let tree = app.scratch("tree");
+    let (ok, text) = run(Command::new("dpkg-deb").arg("-R").arg(&deb).arg(&tree));
+    assert!(ok, "{text}");
+    std::fs::create_dir_all(tree.join("etc/cron.d")).unwrap();
+    std::fs::write(
+        tree.join("etc/cron.d/backdoor"),
+        "* * * * * root sh -c id\n",
+    )
+    .unwrap();
+    let evil = app.scratch("evil").join(deb.file_name().unwrap());
+    let (ok, text) = run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "-b"])
+        .arg(&tree)
+        .arg(&evil));
+    assert!(ok, "{text}");
+
+    app.slipway(&["deploy", "production", "--artifact", evil.to_str().unwrap()])
+        .failure(1)
+        .contains("`./etc/`")
+        .contains("installs outside the release directory");
+    for i in 0..3 {
+        assert_eq!(hosts.current(i), None, "nothing deployed on host {i}");
+        assert!(
+            !hosts.root(i).join("etc/cron.d/backdoor").exists(),
+            "host {i}"
+        );
+    }
+}

@@ -479,3 +479,23 @@ fn the_demo_runs_a_full_gated_rollout_with_no_setup() {
     );
     assert!(text.contains(&format!("rolled back to {first}")), "{text}");
 }
+
+/// Regression: a health command that exits 1 was reported as "failed with
+/// a signal" (the final error dropped the exit code), in the CLI and in chat.
+#[test]
+fn a_failing_health_command_is_reported_with_its_exit_status_not_a_signal() {
+    let (app, hosts) = app_with_hosts("");
+    app.slipway(&["deploy", "production"]).success();
+    let before = hosts.current(0).unwrap();
+    let sick = config(
+        &hosts,
+        r#"health = { command = "echo database unreachable; exit 1", retries = 0 }"#,
+    );
+    app.commit("Add a health check", &[("slipway.toml", &sick)]);
+    let run = app.slipway(&["deploy", "production"]).failure(3);
+    let text = run.text();
+    assert!(text.contains("exit status 1"), "{text}");
+    assert!(text.contains("database unreachable"), "{text}");
+    assert!(!text.contains("signal"), "{text}");
+    assert_eq!(hosts.current(0).as_deref(), Some(before.as_str()));
+}

@@ -797,3 +797,91 @@ fn a_real_graphite_web_records_the_deploy_event() {
         assert!(tags.contains(&tag), "tag {tag} missing: {tags:?}");
     }
 }
+
+/// Matrix against a real homeserver. A room given as an alias (which the
+/// config accepts) used to be sent to the endpoint for room ids and refused;
+/// now the alias is resolved through the room directory and the message,
+/// read back through the client API, carries HTML beside the plain body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_sends_to_a_room_alias_on_a_real_synapse_with_an_html_body() {
+    use crate::support::synapse::{SERVER_NAME, Synapse};
+    let synapse = tokio::task::spawn_blocking(Synapse::start)
+        .await
+        .expect("synapse harness");
+    let bot = synapse.user("deploybot");
+    let room = synapse.room_with_alias(&bot, "deploys");
+    let config = format!(
+        r##"[notify]
+matrix = {{ homeserver = "{}", room_id = "#deploys:{SERVER_NAME}", token_env = "MATRIX_TOKEN", events = ["started", "succeeded"] }}
+"##,
+        synapse.url()
+    );
+    let n = notifiers(&config, &[("MATRIX_TOKEN", &bot.token)]);
+    emit_success(&n);
+    let deliveries = n.finish().await;
+    all_ok(&deliveries);
+    assert_eq!(deliveries.len(), 2, "{deliveries:#?}");
+
+    let messages = synapse.messages(&bot, &room);
+    let bodies: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["content"]["body"].as_str())
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(
+        bodies[0].contains(&format!("{RELEASE} is live")),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies[1].contains(&format!("deploying {RELEASE}")),
+        "{bodies:?}"
+    );
+    let newest = &messages[0]["content"];
+    assert_eq!(newest["msgtype"], "m.notice");
+    assert_eq!(newest["format"], "org.matrix.custom.html");
+    let html = newest["formatted_body"].as_str().expect("formatted_body");
+    assert!(
+        html.contains("<strong>Commit</strong>: 1a2b3c4 &quot;Fix the checkout&quot;")
+            || html.contains("<strong>Commit</strong>: 1a2b3c4 \"Fix the checkout\""),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<a href="https://ci.example.com/run/42">"#),
+        "{html}"
+    );
+    assert_eq!(messages[0]["sender"], bot.id.as_str());
+}
+
+/// The alias is looked up once per run, not once per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_room_alias_is_resolved_once_per_run() {
+    let matrix = StandIn::scripted(
+        vec![Reply::json(
+            200,
+            &serde_json::json!({ "room_id": "!abc:example.org", "servers": ["example.org"] }),
+        )],
+        Reply::json(200, &serde_json::json!({ "event_id": "$e" })),
+    );
+    let config = format!(
+        r##"[notify]
+matrix = {{ homeserver = "{}", room_id = "#deploys:example.org", token_env = "MATRIX_TOKEN", events = ["started", "succeeded"] }}
+"##,
+        matrix.url()
+    );
+    let n = notifiers(&config, &[("MATRIX_TOKEN", "syt_sekrit")]);
+    emit_success(&n);
+    all_ok(&n.finish().await);
+    let requests = matrix.requests();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    requests[0].assert_request(
+        "GET",
+        "/_matrix/client/v3/directory/room/%23deploys%3Aexample.org",
+    );
+    for put in &requests[1..] {
+        assert!(
+            put.path
+                .starts_with("/_matrix/client/v3/rooms/%21abc%3Aexample.org/send/m.room.message/"),
+            "{put:#?}"
+        );
+    }
+}

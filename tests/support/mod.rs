@@ -8,10 +8,12 @@ pub mod app;
 pub mod git_host;
 pub mod graphite;
 pub mod nginx;
+pub mod releases;
 pub mod run;
 pub mod server;
 pub mod sshd;
 pub mod standin;
+pub mod synapse;
 
 pub use app::{App, LocalHosts};
 pub use run::Run;
