@@ -30,6 +30,7 @@ use std::path::PathBuf;
 mod deb;
 mod digest;
 mod manifest;
+mod sign;
 mod tarball;
 mod verify;
 
@@ -39,6 +40,10 @@ pub use deb::{
 };
 pub use digest::sha256_file;
 pub use manifest::Manifest;
+pub use sign::{
+    NAMESPACE as SIGNATURE_NAMESPACE, SignError, Signer, parse_trusted_key, sign, signature_path,
+    verify as verify_signature,
+};
 pub use tarball::pack;
 pub use verify::{Opened, open, open_for_upload};
 

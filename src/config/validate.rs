@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::error::KeyPath;
 use super::locate::Locator;
-use super::schema::{App, Build, Config, Deb, Environment, Health, Shared, StartStop};
+use super::schema::{
+    App, ArtifactTrust, Build, Config, Deb, Environment, Health, Shared, StartStop,
+};
 
 /// One broken rule: which key, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,7 @@ pub(crate) fn validate(config: &Config, locator: &Locator<'_>) -> Vec<Issue> {
     check_build(&config.build, &root.key("build"), &mut issues);
     check_shared(&config.shared, &root.key("shared"), &mut issues);
     check_deb(&config.deb, &config.app.name, &root.key("deb"), &mut issues);
+    check_artifact_trust(&config.artifact, &root.key("artifact"), &mut issues);
     let envs = root.key("environments");
     for (name, env) in &config.environments {
         check_environment(name, env, &envs.key(name), &mut issues);
@@ -218,6 +221,14 @@ fn check_deb(deb: &Deb, app: &str, path: &KeyPath, issues: &mut Issues) {
 }
 
 /// Why `entry` is not a safe path relative to the shared directory.
+fn check_artifact_trust(trust: &ArtifactTrust, path: &KeyPath, issues: &mut Issues) {
+    for (i, key) in trust.trusted_keys.iter().enumerate() {
+        if let Err(reason) = crate::artifact::parse_trusted_key(key) {
+            issues.add(path.key("trusted_keys").index(i), reason);
+        }
+    }
+}
+
 fn relative_path_problem(entry: &str) -> Option<String> {
     if entry.trim().is_empty() {
         Some("a shared path must not be empty".to_owned())

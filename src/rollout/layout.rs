@@ -123,17 +123,41 @@ impl Layout {
         let live = format!(
             "release {id} is live with different content; build it again or deploy another commit"
         );
+        let size = stage.tar_size.to_string();
+        let bigger = stage.tar_size.saturating_add(1).to_string();
+        let wrong_size = format!(
+            "the uploaded artifact does not unpack to the {} bytes slipway wrote; refusing to unpack it",
+            stage.tar_size
+        );
+        let odd = format!(
+            "release {id} unpacked with a setuid/setgid/sticky or world-writable entry, a hard link or a special file; refusing it"
+        );
+        // The stream is slipway's own (its sha256 was checked above); the
+        // size bound and the check after unpacking hold even if it were not:
+        // tar never reads more than the bytes slipway wrote, and nothing
+        // but plain files, directories and symlinks of safe modes survives.
         let mut unpack = Script::new()
             .cmd(["rm", "-rf", &staging])?
-            .cmd(["mkdir", &staging])?
-            .cmd(["tar", "-xzf", &incoming, "-C", &staging, "--no-same-owner"])?;
+            .cmd(["mkdir", "-m", "755", &staging])?
+            .line(
+                "if [ \"$(gzip -dc -- {} | head -c {} | wc -c)\" -ne {} ]; then printf '%s\\n' {} >&2; exit 65; fi",
+                [&incoming, &bigger, &size, &wrong_size],
+            )?
+            .line(
+                "(umask 022; gzip -dc -- {} | head -c {} | tar -xf - -C {} --no-same-owner --no-same-permissions)",
+                [&incoming, &size, &staging],
+            )?
+            .line(
+                "if [ -n \"$(find {} -mindepth 1 ! -type l \\( -perm /7002 -o \\( ! -type f ! -type d \\) -o \\( -type f -links +1 \\) \\) -print | head -n 1)\" ]; then rm -rf {}; printf '%s\\n' {} >&2; exit 65; fi",
+                [&staging, &staging, &odd],
+            )?;
         unpack = link_shared(unpack, &staging, stage.shared_dirs, stage.shared_files)?;
         unpack = unpack
             .line(
                 "if [ -e {} ]; then if [ \"$(readlink current || true)\" = {} ]; then printf '%s\\n' {} >&2; exit 1; fi; rm -rf {}; fi",
                 [&release, &release, &live, &release],
             )?
-            .line("printf '%s\\n' {} > {}/.slipway-artifact", [stage.sha256, &staging])?
+            .then(&write_nofollow(&staging, ".slipway-artifact", stage.sha256)?)
             .cmd(["mv", &staging, &release])?;
         self.verified_unless_staged(stage, "artifact", &incoming, &unpack)
     }
@@ -182,10 +206,11 @@ impl Layout {
             install = install.line("sudo -n chown -R \"$(id -u):$(id -g)\" -- {}", [&release])?;
         }
         install = link_shared(install, &release, stage.shared_dirs, stage.shared_files)?;
-        install = install.line(
-            "printf '%s\\n' {} > {}/.slipway-artifact",
-            [stage.sha256, &release],
-        )?;
+        install = install.then(&write_nofollow(
+            &release,
+            ".slipway-artifact",
+            stage.sha256,
+        )?);
         self.verified_unless_staged(stage, "package", &incoming, &install)
     }
 
@@ -217,10 +242,15 @@ impl Layout {
         let mut text = script.as_str().to_owned();
         text.push_str(&indent(body.as_str()));
         text.push_str("fi\n");
+        // The env file holds secrets: written to a fresh name mktemp
+        // creates (O_EXCL, mode 0600) inside the release, then renamed over
+        // whatever `.slipway.env` is, so it is never written through a link.
+        let template = format!("{release}/.slipway.env.XXXXXX");
+        let env_file = format!("{release}/.slipway.env");
         Script::from_trusted(text)
             .line(
-                "(umask 077; cat > {}/.slipway.env.new) && mv -f {}/.slipway.env.new {}/.slipway.env",
-                [&release, &release, &release],
+                "(umask 077; t=$(mktemp {}); if cat > \"$t\" && mv -f -T \"$t\" {}; then :; else rm -f \"$t\"; exit 1; fi)",
+                [&template, &env_file],
             )?
             .cmd(["rm", "-f", incoming])
     }
@@ -416,6 +446,9 @@ location @slipway_closed {{
 pub struct Stage<'a> {
     pub release: &'a str,
     pub sha256: &'a str,
+    /// Length of the tar stream inside the uploaded `.tar.gz` (as slipway
+    /// wrote it); unpacking reads no more. Unused for a package.
+    pub tar_size: u64,
     pub shared_dirs: &'a [String],
     pub shared_files: &'a [String],
     /// Install with dpkg instead of unpacking a tarball.
@@ -473,6 +506,17 @@ impl Dpkg {
     }
 }
 
+/// Writes `content` and a newline to `dir/name` without following any link
+/// there: into a fresh mktemp file in `dir`, renamed over `name`.
+fn write_nofollow(dir: &str, name: &str, content: &str) -> Result<Script, Unquotable> {
+    let template = format!("{dir}/{name}.XXXXXX");
+    let dest = format!("{dir}/{name}");
+    Script::new().line(
+        "t=$(mktemp {}); printf '%s\\n' {} > \"$t\"; chmod 644 \"$t\"; mv -f -T \"$t\" {}",
+        [&template, content, &dest],
+    )
+}
+
 /// Links each shared dir and file into the release being staged, with a
 /// relative link (`../../shared/x` from `releases/<id>/x`).
 fn link_shared(
@@ -527,7 +571,7 @@ const CHECK: &str = r#"printf 'user\t%s\n' "$(id -un)"
 if mkdir -p "$d" 2>/dev/null && touch "$d/.slipway-check.$$" 2>/dev/null; then rm -f "$d/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
-for t in sh tar gzip sha256sum readlink mv ln cp; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
+for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;
 
 /// Prints the host's state. Release ids are slipway's own (`[0-9A-Za-z-]`),
