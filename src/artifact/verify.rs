@@ -524,10 +524,6 @@ fn read_entries(
                 },
             )
         };
-        count += 1;
-        if count > manifest.entry_count {
-            return Err(refuse("is one more entry than the manifest's entry_count"));
-        }
         check_header(&mut entry).map_err(refuse)?;
         let mode = entry.header().mode().map_err(corrupt(path))?;
         let checked = checker
@@ -538,6 +534,10 @@ fn read_entries(
                 entry.link_name_bytes().as_deref(),
             )
             .map_err(|refusal| unsafe_entry(path, refusal))?;
+        count += 1;
+        if count > manifest.entry_count {
+            return Err(refuse("is one more entry than the manifest's entry_count"));
+        }
         match (&checked.kind, &checked.target) {
             (EntryKind::Symlink, Some(target)) => {
                 content.entry(checked.kind, mode, &checked.path, target.len() as u64);

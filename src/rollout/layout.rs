@@ -584,3 +584,147 @@ if [ -f .slipway/journal.json ]; then printf 'journal\t%s\n' "$(tr -d '\n' < .sl
 if [ -f .slipway/canary.json ]; then printf 'canary\t%s\n' "$(tr -d '\n' < .slipway/canary.json)"; fi
 if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
 if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#;
+
+#[cfg(test)]
+mod tests {
+    //! The staging script run for real: `sh`, GNU tar and coreutils on a
+    //! temporary deploy root, as a `local:` host runs it.
+
+    use std::io::Write as _;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// A tar.gz of `files` (path, mode, content) made with GNU tar from a
+    /// real tree; returns its bytes and the length of its tar stream.
+    fn targz(files: &[(&str, u32, &str)]) -> (Vec<u8>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, mode, content) in files {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, content).unwrap();
+            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        let out = Command::new("tar")
+            .args(["-cf", "-", "-C"])
+            .arg(dir.path())
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&out.stdout).unwrap();
+        (gz.finish().unwrap(), out.stdout.len() as u64)
+    }
+
+    /// Uploads `bytes` as the incoming artifact and runs the staging script
+    /// with `tar_size`; returns the exit code and stderr.
+    fn stage(root: &Path, bytes: &[u8], tar_size: u64) -> (i32, String) {
+        let layout = Layout::new(root.to_str().unwrap().to_owned());
+        let sha256 = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(bytes))
+        };
+        std::fs::create_dir_all(root.join(".slipway/incoming")).unwrap();
+        std::fs::create_dir_all(root.join("releases")).unwrap();
+        std::fs::write(
+            root.join(format!(".slipway/incoming/{sha256}.tar.gz")),
+            bytes,
+        )
+        .unwrap();
+        let script = layout
+            .stage(&Stage {
+                release: "r1",
+                sha256: &sha256,
+                tar_size,
+                shared_dirs: &[],
+                shared_files: &[],
+                dpkg: None,
+            })
+            .unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"DB_PASSWORD=hunter2\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_stream_longer_than_slipway_wrote_is_not_unpacked() {
+        // The host-side bound: even bytes whose sha256 matched are unpacked
+        // only up to the tar length slipway recorded when it wrote them.
+        let root = tempfile::tempdir().unwrap();
+        let (bytes, len) = targz(&[("index.html", 0o644, "v1\n")]);
+        let (code, stderr) = stage(root.path(), &bytes, len - 1024);
+        assert_eq!(code, 65, "{stderr}");
+        assert!(stderr.contains("does not unpack to the"), "{stderr}");
+        assert!(!root.path().join("releases/r1").exists());
+
+        let (code, stderr) = stage(root.path(), &bytes, len);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("releases/r1/index.html")).unwrap(),
+            "v1\n"
+        );
+    }
+
+    #[test]
+    fn an_unpacked_setuid_or_world_writable_entry_fails_staging() {
+        for mode in [0o4755, 0o2755, 0o1755, 0o666] {
+            let root = tempfile::tempdir().unwrap();
+            let (bytes, len) = targz(&[("index.html", 0o644, "v1\n"), ("bad", mode, "x")]);
+            let (code, stderr) = stage(root.path(), &bytes, len);
+            // umask 022 already strips world-write; what remains is refused.
+            if mode == 0o666 {
+                assert_eq!(code, 0, "{stderr}");
+                let meta = std::fs::metadata(root.path().join("releases/r1/bad")).unwrap();
+                assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+            } else {
+                assert_eq!(code, 65, "mode {mode:o}: {stderr}");
+                assert!(stderr.contains("setuid/setgid/sticky"), "{stderr}");
+                assert!(!root.path().join("releases/r1").exists());
+            }
+        }
+    }
+
+    #[test]
+    fn the_env_file_is_never_written_through_a_link() {
+        // A release already staged (reused) whose env file is a symlink to
+        // a file outside: the secrets replace the link, the target stays.
+        let root = tempfile::tempdir().unwrap();
+        let (bytes, len) = targz(&[("index.html", 0o644, "v1\n")]);
+        assert_eq!(stage(root.path(), &bytes, len).0, 0);
+        let victim = root.path().join("victim.txt");
+        std::fs::write(&victim, "untouched\n").unwrap();
+        let env = root.path().join("releases/r1/.slipway.env");
+        std::fs::remove_file(&env).unwrap();
+        symlink(&victim, &env).unwrap();
+
+        let (code, stderr) = stage(root.path(), &bytes, len);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.is_empty() || !stderr.contains("hunter2"));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        let meta = std::fs::symlink_metadata(&env).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&env).unwrap(),
+            "DB_PASSWORD=hunter2\n"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod artifact_trust;
 mod ci;
 mod deb;
 mod hooks;

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod graphite;
+pub mod hostile_tar;
 pub mod nginx;
 pub mod run;
 pub mod server;
