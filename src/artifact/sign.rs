@@ -272,7 +272,7 @@ mod tests {
 
         let err = verify(&art.path, &art.sha256, &[other]).unwrap_err();
         assert!(matches!(err, SignError::UntrustedKey { .. }), "{err}");
-        let err = verify(&art.path, &"0".repeat(64), &[public.clone()]).unwrap_err();
+        let err = verify(&art.path, &"0".repeat(64), std::slice::from_ref(&public)).unwrap_err();
         assert!(matches!(err, SignError::Mismatch { .. }), "{err}");
         std::fs::remove_file(&sig).unwrap();
         let err = verify(&art.path, &art.sha256, &[public]).unwrap_err();

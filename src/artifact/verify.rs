@@ -365,10 +365,7 @@ type Reader<'a> = Bounded<'a, GzDecoder<BufReader<HashingReader<File>>>>;
 
 /// Reads and checks `path`; with `out`, also writes the canonical copy
 /// there and returns its sha256, size and tar stream length.
-fn read_checked(
-    path: &Path,
-    out: Option<&File>,
-) -> Result<(Artifact, Option<(String, u64, u64)>), ArtifactError> {
+fn read_checked(path: &Path, out: Option<&File>) -> Result<(Artifact, Written), ArtifactError> {
     let file = File::open(path).map_err(ArtifactError::io("open", path))?;
     let budget = Budget {
         read: Cell::new(0),
@@ -472,6 +469,7 @@ fn corrupt(path: &Path) -> impl Fn(io::Error) -> ArtifactError + '_ {
     }
 }
 
+/// The sha256, size and tar stream length of a re-serialised copy.
 type Written = Option<(String, u64, u64)>;
 
 /// Reads the manifest and checks and hashes every other entry, writing
@@ -918,5 +916,100 @@ mod tests {
         let not_gz = dir.path().join("x.tar.gz");
         std::fs::write(&not_gz, "plain text").unwrap();
         assert!(matches!(open(&not_gz), Err(ArtifactError::Corrupt { .. })));
+    }
+
+    /// A packed one-file release, for the tests below to damage.
+    fn packed() -> (tempfile::TempDir, Artifact) {
+        let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(src.path().join("index.html"), "v1\n").unwrap();
+        let input = crate::artifact::PackInput {
+            dir: src.path(),
+            exclude: &[],
+            source_time: 1_700_000_000,
+            app: "shop",
+            commit: "c",
+            branch: "b",
+            release_id: "r1",
+        };
+        let artifact = crate::artifact::pack(&input, out.path()).unwrap();
+        (out, artifact)
+    }
+
+    fn gunzip(path: &Path) -> Vec<u8> {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(File::open(path).unwrap())
+            .read_to_end(&mut tar)
+            .unwrap();
+        tar
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_second_gzip_member_or_trailing_bytes_are_refused() {
+        let (_out, artifact) = packed();
+        let mut bytes = std::fs::read(&artifact.path).unwrap();
+        bytes.extend(gzip(b"more"));
+        std::fs::write(&artifact.path, &bytes).unwrap();
+        let err = open(&artifact.path).unwrap_err();
+        assert!(matches!(err, ArtifactError::ExtraGzipData { .. }), "{err}");
+
+        let (_out, artifact) = packed();
+        let mut bytes = std::fs::read(&artifact.path).unwrap();
+        bytes.push(0);
+        std::fs::write(&artifact.path, &bytes).unwrap();
+        let err = open(&artifact.path).unwrap_err();
+        assert!(matches!(err, ArtifactError::ExtraGzipData { .. }), "{err}");
+    }
+
+    #[test]
+    fn inflating_past_the_manifest_bound_stops() {
+        // A valid archive followed, inside the same gzip member, by 64 MiB
+        // of zeros: the manifest allows a few KiB, so reading stops there.
+        let (_out, artifact) = packed();
+        let mut tar = gunzip(&artifact.path);
+        tar.resize(tar.len() + (64 << 20), 0);
+        std::fs::write(&artifact.path, gzip(&tar)).unwrap();
+        let err = open(&artifact.path).unwrap_err();
+        assert!(matches!(err, ArtifactError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_understating_the_content_is_refused() {
+        let (_out, artifact) = packed();
+        let manifest = artifact
+            .manifest
+            .to_json()
+            .replace("\"unpacked_size\": 3", "\"unpacked_size\": 2");
+        let manifest = manifest.replace(&format!(",\n  \"sha256\": \"{}\"", artifact.sha256), "");
+        assert!(manifest.contains("\"unpacked_size\": 2"), "{manifest}");
+        let (_dir, path) = raw_archive(&[
+            (MANIFEST_NAME, T::Regular, manifest.as_bytes(), None),
+            ("index.html", T::Regular, b"v1\n", None),
+        ]);
+        let err = open(&path).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::TooLarge { limit: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_upload_copy_is_written_beside_never_over_the_original() {
+        let (_out, artifact) = packed();
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open_for_upload(&artifact.path, dir.path()).unwrap();
+        assert_eq!(opened.original.sha256, artifact.sha256);
+        assert_eq!(opened.upload.path, dir.path().join("shop-r1.tar.gz"));
+        assert_eq!(
+            opened.upload.manifest.sha256.as_deref(),
+            Some(opened.upload.sha256.as_str())
+        );
+        assert!(opened.upload.tar_size.unwrap() > 0);
     }
 }

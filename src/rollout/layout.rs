@@ -684,22 +684,44 @@ mod tests {
     }
 
     #[test]
-    fn an_unpacked_setuid_or_world_writable_entry_fails_staging() {
-        for mode in [0o4755, 0o2755, 0o1755, 0o666] {
+    fn no_setuid_bits_world_writable_modes_or_special_files_survive_unpacking() {
+        // GNU tar, told not to keep permissions under umask 022, already
+        // drops setuid/setgid/sticky and world-write bits.
+        for mode in [0o4755, 0o2755, 0o1755, 0o666, 0o777] {
             let root = tempfile::tempdir().unwrap();
             let (bytes, len) = targz(&[("index.html", 0o644, "v1\n"), ("bad", mode, "x")]);
             let (code, stderr) = stage(root.path(), &bytes, len);
-            // umask 022 already strips world-write; what remains is refused.
-            if mode == 0o666 {
-                assert_eq!(code, 0, "{stderr}");
-                let meta = std::fs::metadata(root.path().join("releases/r1/bad")).unwrap();
-                assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
-            } else {
-                assert_eq!(code, 65, "mode {mode:o}: {stderr}");
-                assert!(stderr.contains("setuid/setgid/sticky"), "{stderr}");
-                assert!(!root.path().join("releases/r1").exists());
-            }
+            assert_eq!(code, 0, "{stderr}");
+            let meta = std::fs::metadata(root.path().join("releases/r1/bad")).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o7022,
+                0,
+                "mode {mode:o} became {:o}",
+                meta.permissions().mode()
+            );
         }
+        // What tar does create, the check after unpacking refuses: a fifo.
+        let root = tempfile::tempdir().unwrap();
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::write(tree.path().join("index.html"), "v1\n").unwrap();
+        let made = Command::new("mkfifo")
+            .arg(tree.path().join("pipe"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let out = Command::new("tar")
+            .args(["-cf", "-", "-C"])
+            .arg(tree.path())
+            .arg(".")
+            .output()
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&out.stdout).unwrap();
+        let (code, stderr) = stage(root.path(), &gz.finish().unwrap(), out.stdout.len() as u64);
+        assert_eq!(code, 65, "{stderr}");
+        assert!(stderr.contains("a hard link or a special file"), "{stderr}");
+        assert!(!root.path().join("releases/r1").exists());
+        assert!(!root.path().join("releases/.r1.staging").exists());
     }
 
     #[test]

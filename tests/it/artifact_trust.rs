@@ -194,59 +194,38 @@ fn a_ustar_prefix_with_odd_magic_is_refused() {
     );
 }
 
+/// Appends one hostile entry to an archive.
+type AddEntry = fn(&mut Tar);
+
 #[test]
 fn entries_no_reader_disagrees_on_are_refused_too() {
     // The same payload in plain sight: slipway's own checks refuse each.
     let story = Story::new("");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Tar)>)> = vec![
-        (
-            "setuid",
-            Box::new(|t| {
-                t.file("suid-root", 0o4755, b"x");
-            }),
-        ),
-        (
-            "device or fifo",
-            Box::new(|t| {
-                t.char_device("null-dev", 1, 3);
-            }),
-        ),
-        (
-            "device or fifo",
-            Box::new(|t| {
-                t.fifo("pipe");
-            }),
-        ),
-        (
-            "hard link",
-            Box::new(|t| {
-                t.hardlink("h", "public/index.html");
-            }),
-        ),
-        (
-            "absolute target",
-            Box::new(|t| {
-                t.symlink("public-etc", "/etc");
-            }),
-        ),
-        (
-            "outside the release",
-            Box::new(|t| {
-                t.symlink("escape", "../../../../victim.txt");
-            }),
-        ),
-        (
-            "slipway writes into every release",
-            Box::new(|t| {
-                t.symlink(".slipway.env", "public/index.html");
-            }),
-        ),
-        (
-            "mode slipway never writes",
-            Box::new(|t| {
-                t.file("open", 0o666, b"x");
-            }),
-        ),
+    let cases: [(&str, AddEntry); 8] = [
+        ("setuid", |t| {
+            t.file("suid-root", 0o4755, b"x");
+        }),
+        ("device or fifo", |t| {
+            t.char_device("null-dev", 1, 3);
+        }),
+        ("device or fifo", |t| {
+            t.fifo("pipe");
+        }),
+        ("hard link", |t| {
+            t.hardlink("h", "public/index.html");
+        }),
+        ("absolute target", |t| {
+            t.symlink("public-etc", "/etc");
+        }),
+        ("outside the release", |t| {
+            t.symlink("escape", "../../../../victim.txt");
+        }),
+        ("slipway writes into every release", |t| {
+            t.symlink(".slipway.env", "public/index.html");
+        }),
+        ("mode slipway never writes", |t| {
+            t.file("open", 0o666, b"x");
+        }),
     ];
     for (i, (reason, add)) in cases.iter().enumerate() {
         let mut tar = honest_start(&story.app.head(), &[]);
