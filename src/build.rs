@@ -3,7 +3,9 @@
 //! This module owns local process execution for builds and nothing else.
 //! Invariants:
 //! - Steps run in order, each as `sh -c <run>` in the build directory, with
-//!   stdin closed (a step that prompts fails instead of hanging a deploy).
+//!   stdin closed (a step that prompts fails instead of hanging a deploy),
+//!   inside the [`Sandbox`] the caller chose: steps are untrusted code and
+//!   see only a cleared environment (see `sandbox`).
 //! - Every line a step prints, on stdout or stderr, reaches the caller's
 //!   callback as it is printed (both pipes are read on their own threads so
 //!   neither can fill up and stall the step); lines that are not UTF-8 are
@@ -17,11 +19,15 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
 use crate::config::BuildStep;
+
+mod sandbox;
+
+pub use sandbox::{Sandbox, SandboxPolicy, SandboxUnavailable};
 
 /// How many of a failing step's last output lines its error carries.
 pub const TAIL_LINES: usize = 20;
@@ -41,6 +47,8 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot make a private home directory for the build steps: {0}")]
+    Home(#[source] io::Error),
     #[error("build step `{name}` failed with {}; last output:\n{tail}", status_text(*.status))]
     StepFailed {
         name: String,
@@ -63,11 +71,17 @@ fn status_text(status: Option<i32>) -> String {
 pub fn run_steps(
     dir: &Path,
     steps: &[BuildStep],
+    sandbox: &Sandbox,
     env: &[(String, String)],
     on_line: &mut dyn FnMut(&str, &str),
 ) -> Result<(), BuildError> {
+    // Outside bwrap, HOME is a fresh directory of its own, removed after.
+    let home = tempfile::Builder::new()
+        .prefix("slipway-build-home-")
+        .tempdir()
+        .map_err(BuildError::Home)?;
     for step in steps {
-        run_step(dir, step, env, on_line)?;
+        run_step(dir, step, sandbox, home.path(), env, on_line)?;
     }
     Ok(())
 }
@@ -75,18 +89,13 @@ pub fn run_steps(
 fn run_step(
     dir: &Path,
     step: &BuildStep,
+    sandbox: &Sandbox,
+    home: &Path,
     env: &[(String, String)],
     on_line: &mut dyn FnMut(&str, &str),
 ) -> Result<(), BuildError> {
-    let mut command = Command::new("sh");
-    for var in crate::source::GIT_HOOK_VARS {
-        command.env_remove(var);
-    }
+    let mut command = sandbox.command(dir, home, &step.run, env);
     let mut child = command
-        .arg("-c")
-        .arg(&step.run)
-        .current_dir(dir)
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -168,6 +177,13 @@ fn spawn_reader(
 mod tests {
     use super::*;
 
+    /// Steps without bwrap, as on an operator's machine that lacks it.
+    fn plain() -> Sandbox {
+        Sandbox::ClearedEnv {
+            why: "unit test".to_owned(),
+        }
+    }
+
     fn step(name: &str, run: &str) -> BuildStep {
         BuildStep {
             name: name.to_owned(),
@@ -181,7 +197,7 @@ mod tests {
         env: &[(String, String)],
     ) -> (Result<(), BuildError>, Vec<(String, String)>) {
         let mut lines = Vec::new();
-        let result = run_steps(dir, steps, env, &mut |name, line| {
+        let result = run_steps(dir, steps, &plain(), env, &mut |name, line| {
             lines.push((name.to_owned(), line.to_owned()))
         });
         (result, lines)
@@ -231,6 +247,7 @@ mod tests {
         run_steps(
             dir.path(),
             &[step("slow", "echo first; sleep 2; echo second")],
+            &plain(),
             &[],
             &mut |_, _| {
                 first_line_after.get_or_insert(started.elapsed());
@@ -292,5 +309,57 @@ mod tests {
             err.to_string().starts_with("cannot start build step `x`"),
             "{err}"
         );
+    }
+
+    // Build steps are untrusted: under bwrap they see a cleared
+    // environment, a private /proc and none of the masked paths.
+    #[test]
+    fn bwrap_steps_see_no_secrets_and_no_hidden_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = tempfile::tempdir().unwrap();
+        let key = private.path().join("id_ed25519");
+        std::fs::write(&key, "PRIVATE KEY").unwrap();
+        let sandbox = Sandbox::choose(
+            &[step("x", "true")],
+            SandboxPolicy {
+                required: true,
+                hidden: vec![private.path().to_path_buf()],
+                ..SandboxPolicy::default()
+            },
+        )
+        .expect("bwrap runs on the test machine (.ci/run installs bubblewrap)");
+        assert!(matches!(sandbox, Sandbox::Bwrap { .. }));
+        let script = format!(
+            "env | sort > env.txt; cat {} > key.txt 2>&1 || echo unreadable > key.txt; ls /proc | grep -c '^[0-9]' > procs.txt; echo ok > written.txt",
+            key.display()
+        );
+        let mut lines = Vec::new();
+        run_steps(
+            dir.path(),
+            &[step("probe", &script)],
+            &sandbox,
+            &[("SLIPWAY_APP".to_owned(), "shop".to_owned())],
+            &mut |_, l| lines.push(l.to_owned()),
+        )
+        .unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let names: Vec<String> = read("env.txt")
+            .lines()
+            .map(|l| l.split('=').next().unwrap_or_default().to_owned())
+            .collect();
+        for name in &names {
+            assert!(
+                ["PATH", "HOME", "LANG", "SLIPWAY_APP", "PWD", "SHLVL", "_"]
+                    .contains(&name.as_str()),
+                "unexpected variable {name} in {names:?}"
+            );
+        }
+        assert!(!read("key.txt").contains("PRIVATE KEY"));
+        let procs: usize = read("procs.txt").trim().parse().unwrap();
+        assert!(
+            procs <= 4,
+            "the step sees only its own processes, saw {procs}"
+        );
+        assert_eq!(read("written.txt"), "ok\n");
     }
 }

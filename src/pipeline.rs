@@ -38,6 +38,8 @@ pub struct Target<'a> {
     pub format: ArtifactFormat,
     /// Where the release is deployed; a `.deb` installs its files there.
     pub deploy_to: Option<&'a str>,
+    /// Where the build steps run (they are untrusted code).
+    pub sandbox: &'a crate::build::Sandbox,
 }
 
 /// Builds the artifact for `target` into `out_dir`. `on_line` receives
@@ -66,7 +68,13 @@ pub fn build(
             target.commit.time.to_string(),
         ),
     ];
-    crate::build::run_steps(work.path(), &target.config.build.steps, &env, on_line)?;
+    crate::build::run_steps(
+        work.path(),
+        &target.config.build.steps,
+        target.sandbox,
+        &env,
+        on_line,
+    )?;
     let input = PackInput {
         dir: work.path(),
         exclude: &target.config.build.exclude,

@@ -147,7 +147,8 @@ impl Repo {
             path: path.to_owned(),
             source,
         };
-        let mut repo = gix::ThreadSafeRepository::open(path).map_err(open_error)?;
+        // Like git, a repository is found from any folder inside it.
+        let mut repo = gix::ThreadSafeRepository::discover(path).map_err(open_error)?;
         let overlay = match ObjectDirs::from_env(&env) {
             Some(dirs) => {
                 let (dir, store) =

@@ -26,24 +26,27 @@ impl Actions {
     pub fn mask(&self, value: &str) {
         // The runner masks per line; mask each line of a multi-line secret.
         for line in value.lines().filter(|l| !l.trim().is_empty()) {
-            println!("::add-mask::{}", escape_data(line));
+            super::output::out_line(&format!("::add-mask::{}", escape_data(line)));
         }
     }
 
     pub fn group(&self, title: &str) {
-        println!("::group::{}", escape_data(title));
+        super::output::out_line(&format!("::group::{}", escape_data(title)));
     }
 
     pub fn endgroup(&self) {
-        println!("::endgroup::");
+        super::output::out_line("::endgroup::");
     }
 
     pub fn notice(&self, message: &str) {
-        println!("::notice title=slipway::{}", escape_data(message));
+        super::output::out_line(&format!("::notice title=slipway::{}", escape_data(message)));
     }
 
     pub fn warning(&self, message: &str) {
-        println!("::warning title=slipway::{}", escape_data(message));
+        super::output::out_line(&format!(
+            "::warning title=slipway::{}",
+            escape_data(message)
+        ));
     }
 
     /// An error annotation, on a file position when known.
@@ -55,7 +58,7 @@ impl Actions {
                 escape_property(file)
             );
         }
-        println!("::error {props}::{}", escape_data(message));
+        super::output::out_line(&format!("::error {props}::{}", escape_data(message)));
     }
 
     /// Appends a step output.

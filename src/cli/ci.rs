@@ -23,7 +23,9 @@ use crate::trigger::github::{EventTrigger, from_event};
 
 #[derive(Debug, Args)]
 pub struct CiArgs {
-    /// Deploy to this environment instead of the one the branch maps to.
+    /// The environment the job declares (`environment:` in the workflow,
+    /// whose protection rules and secrets are the pin): slipway deploys only
+    /// there, and refuses an event whose branch maps anywhere else.
     #[arg(long, env = "SLIPWAY_ENVIRONMENT")]
     pub environment: Option<String>,
     /// Record the rollout as a GitHub Deployment (turn off when the
@@ -62,15 +64,34 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         }
     }
     // An unset action input arrives as an empty variable.
-    let override_env = args.environment.as_ref().filter(|e| !e.is_empty());
-    let environment = match (override_env, config.environment_for_branch(&branch)) {
-        (Some(env), _) => env.clone(),
-        (None, Some((env, _))) => env.to_owned(),
-        (None, None) => {
+    let declared = args.environment.as_ref().filter(|e| !e.is_empty());
+    let mapped = ctx
+        .reach()
+        .environment_for_push(&config, &branch)
+        .map_err(|violation| refuse(actions.as_ref(), &violation.to_string()))?;
+    let environment = match (declared, mapped) {
+        (_, None) => {
             return Ok(skip(
                 ctx,
                 actions.as_ref(),
                 &format!("`{branch}` deploys to no environment; nothing to do"),
+            ));
+        }
+        (Some(declared), Some((env, _))) if *declared == env => env,
+        (Some(declared), Some((env, _))) => {
+            return Err(refuse(
+                actions.as_ref(),
+                &format!(
+                    "this job declares environment `{declared}`, but `{branch}` deploys `{env}`; slipway deploys only to the job's environment, whose protection rules and secrets guard it. Run `{env}` deploys in a job with `environment: {env}`"
+                ),
+            ));
+        }
+        (None, Some((env, _))) => {
+            return Err(refuse(
+                actions.as_ref(),
+                &format!(
+                    "`{branch}` deploys `{env}`, but this job declares no environment; add `environment: {env}` to the job and pass `environment: {env}` to the action (SLIPWAY_ENVIRONMENT), so GitHub's protection rules and environment secrets guard it"
+                ),
             ));
         }
     };
@@ -327,7 +348,7 @@ impl Tracker {
 fn warn_plain(actions: Option<&Actions>, message: &str) {
     match actions {
         Some(a) => a.warning(message),
-        None => eprintln!("warning: {message}"),
+        None => super::output::err_line(&format!("warning: {message}")),
     }
 }
 
@@ -422,4 +443,16 @@ fn summary(
         let _ = writeln!(md, "| `{host}` | {} |", cells.join(" | "));
     }
     md
+}
+
+/// A deploy slipway will not run: one `::error` line, exit 2.
+fn refuse(actions: Option<&Actions>, why: &str) -> anyhow::Error {
+    if let Some(a) = actions {
+        a.error(None, "slipway refused to deploy", why);
+    }
+    anyhow::Error::new(crate::config::PinViolation {
+        environment: String::new(),
+        key: String::new(),
+        message: why.to_owned(),
+    })
 }

@@ -8,7 +8,8 @@ use anyhow::{Context as _, bail};
 
 use super::Cli;
 use super::output::Console;
-use crate::config::{self, Config, Environment};
+use crate::build::{Sandbox, SandboxPolicy};
+use crate::config::{self, Config, Environment, Pins, Reach};
 use crate::rollout::Cluster;
 use crate::source::{Commit, Repo};
 use crate::transport::ConnectOptions;
@@ -18,6 +19,12 @@ pub struct Context {
     pub config_path: String,
     pub connect: ConnectOptions,
     pub out: Arc<Console>,
+    /// The pin file and what it says, when there is one.
+    pub pins: Option<(Pins, PathBuf)>,
+    /// Run as a git server hook: without pins, the default rule applies
+    /// (a branch reaches only its namesake environment) and pushed build
+    /// steps must be sandboxed.
+    pub on_git_server: bool,
 }
 
 /// A commit and the config it carries.
@@ -29,8 +36,21 @@ pub struct Loaded {
 }
 
 impl Context {
-    pub fn new(cli: &Cli) -> Self {
-        Self {
+    /// # Errors
+    /// When the pin file (`--pins`, or a hook's default one) is unreadable
+    /// or invalid.
+    pub fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let on_git_server = cli.git_server || matches!(cli.command, super::Command::Hook(_));
+        let pin_file = cli.pins.clone().or_else(|| {
+            on_git_server
+                .then(|| cli.repo.join(config::PIN_FILE))
+                .filter(|p| p.exists())
+        });
+        let pins = match pin_file {
+            Some(path) => Some((config::load_pins(&path)?, path)),
+            None => None,
+        };
+        Ok(Self {
             repo: cli.repo.clone(),
             config_path: cli.config.clone(),
             connect: ConnectOptions {
@@ -44,6 +64,18 @@ impl Context {
                 ..ConnectOptions::default()
             },
             out: Arc::new(Console::new(cli.quiet)),
+            pins,
+            on_git_server,
+        })
+    }
+
+    /// What this run may reach: the pins, the git server's default rule,
+    /// or (the operator's own machine, no pins) whatever the operator asks.
+    pub fn reach(&self) -> Reach<'_> {
+        match &self.pins {
+            Some((pins, file)) => Reach::Pinned(pins, file),
+            None if self.on_git_server => Reach::SameName,
+            None => Reach::Operator,
         }
     }
 
@@ -53,6 +85,8 @@ impl Context {
             config_path: self.config_path.clone(),
             connect: self.connect.clone(),
             out: Arc::clone(&self.out),
+            pins: self.pins.clone(),
+            on_git_server: self.on_git_server,
         }
     }
 
@@ -75,6 +109,55 @@ impl Context {
         Ok(config::parse(&text, &label)?)
     }
 
+    /// Where build steps of `config` run: bwrap with the private paths this
+    /// run knows of masked; on a git server, refused without bwrap unless
+    /// the pin file allows it. Says once when steps run unsandboxed.
+    pub fn sandbox(&self, config: &Config) -> anyhow::Result<Sandbox> {
+        let build = self
+            .pins
+            .as_ref()
+            .map(|(p, _)| p.build.clone())
+            .unwrap_or_default();
+        let mut hidden: Vec<PathBuf> = vec![self.repo.clone()];
+        hidden.extend(self.connect.identity_files.iter().cloned());
+        hidden.extend(self.connect.ssh_config.iter().cloned());
+        hidden.extend(self.connect.known_hosts.iter().cloned());
+        hidden.extend(self.pins.iter().map(|(_, file)| file.clone()));
+        for var in [
+            "SSH_AUTH_SOCK",
+            "SLIPWAY_ALLOW_LIST",
+            super::hook_env::FILE_VAR,
+        ] {
+            hidden.extend(std::env::var_os(var).map(PathBuf::from));
+        }
+        if let Some(home) = std::env::var_os("HOME") {
+            hidden.push(PathBuf::from(home).join(".ssh"));
+        }
+        let policy = SandboxPolicy {
+            required: self.on_git_server,
+            allow_unsandboxed: build.sandbox == config::SandboxSetting::None,
+            readonly_paths: build.readonly_paths.iter().map(PathBuf::from).collect(),
+            hidden,
+            network: config.build.network,
+        };
+        let sandbox = Sandbox::choose(&config.build.steps, policy)?;
+        if let Some(warning) = sandbox.warning() {
+            self.out.warn(&warning);
+        }
+        Ok(sandbox)
+    }
+
+    /// `file:line: ` of a dotted key in `commit`'s config, for messages
+    /// about a pushed config; empty when it cannot be placed.
+    pub fn place_of(&self, repo: &Repo, commit: &Commit, key: &str) -> String {
+        let Ok(Some(bytes)) = repo.read_file(&commit.id, &self.config_path) else {
+            return String::new();
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let line = config::line_of_key(&text, key);
+        format!("{}:{}:{line}: ", commit.short, self.config_path)
+    }
+
     /// Finds what to deploy to `environment`: `git_ref` if given, else the
     /// tip of the branch the environment deploys (learnt from HEAD's config).
     pub fn load(&self, environment: &str, git_ref: Option<&str>) -> anyhow::Result<Loaded> {
@@ -84,6 +167,20 @@ impl Context {
                 let commit = repo.resolve(r)?;
                 let branch = r.strip_prefix("refs/heads/").unwrap_or(r).to_owned();
                 (commit, branch)
+            }
+            None if self.pins.is_some() => {
+                // Pinned: the pin names the branch, never HEAD's config.
+                let branch = self.reach().pinned_branch(environment).map(str::to_owned);
+                let Some(branch) = branch else {
+                    bail!(
+                        "{} does not pin environment `{environment}`; nothing deploys there until it is pinned",
+                        self.pins
+                            .as_ref()
+                            .map(|(_, f)| f.display().to_string())
+                            .unwrap_or_default()
+                    );
+                };
+                (repo.resolve(&branch)?, branch)
             }
             None => {
                 // On a git server HEAD often names a branch nobody pushed;
@@ -101,7 +198,17 @@ impl Context {
             }
         };
         let config = self.config_at(&repo, &commit)?;
-        config.environment(environment)?;
+        let env = config.environment(environment)?;
+        if self.pins.is_some() {
+            // The branch an environment deploys is the pinned one, whichever
+            // ref the operator named.
+            let branch = self
+                .reach()
+                .pinned_branch(environment)
+                .unwrap_or(&branch)
+                .to_owned();
+            self.reach().check(environment, env, &branch)?;
+        }
         Ok(Loaded {
             repo,
             commit,

@@ -219,6 +219,7 @@ fn build_for(
     (format, deploy_to): (ArtifactFormat, Option<&str>),
     out: &std::path::Path,
 ) -> anyhow::Result<Artifact> {
+    let sandbox = ctx.sandbox(&loaded.config)?;
     let target = Target {
         config: &loaded.config,
         commit: &loaded.commit,
@@ -226,6 +227,7 @@ fn build_for(
         release_id,
         format,
         deploy_to,
+        sandbox: &sandbox,
     };
     let out_console = Arc::clone(&ctx.out);
     let artifact = pipeline::build(&loaded.repo, &target, out, &mut |step, line| {

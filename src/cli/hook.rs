@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::context::{Context, Loaded};
 use super::deploy::{DeployArgs, deploy_loaded};
 use super::exit;
+use crate::config::Reach;
 use crate::source::Repo;
 use crate::trigger::{self, Decision, RefUpdate};
 
@@ -62,11 +63,17 @@ pub struct InstallArgs {
     /// The bare repository to install into.
     #[arg(long, env = "SLIPWAY_GIT_DIR")]
     pub git_dir: PathBuf,
-    /// A variable the hooks export for slipway, e.g.
-    /// `SLIPWAY_KNOWN_HOSTS=/etc/slipway/known_hosts` (repeatable): the git
-    /// server's sshd passes no environment of its own to hooks.
+    /// A setting or secret for the hooks, e.g.
+    /// `SLIPWAY_KNOWN_HOSTS=/etc/slipway/known_hosts` or `DATABASE_URL=…`
+    /// (repeatable): the git server's sshd passes no environment of its own
+    /// to hooks. Written to the hook env file (mode 0600), never into the
+    /// hook scripts.
     #[arg(long = "setenv", value_name = "NAME=VALUE")]
     pub setenv: Vec<String>,
+    /// The hook env file [default: <git-dir>/slipway/hook.env]: `NAME=VALUE`
+    /// lines, mode 0600, owned by the git user.
+    #[arg(long, env = "SLIPWAY_HOOK_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
 }
 
 pub async fn hook(ctx: &Context, command: HookCommand) -> anyhow::Result<u8> {
@@ -119,9 +126,16 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
         } else {
             config_of(ctx, &repo, &update.new)?
         };
-        let (environment, branch, commit) = match trigger::decide(update, config.as_ref()) {
+        let decision = trigger::decide(update, config.as_ref(), &ctx.reach());
+        let (environment, branch, commit) = match decision {
             Decision::Skip { reason } => {
                 ctx.out.result(&format!("slipway: {reason}"));
+                continue;
+            }
+            Decision::Refuse { reason } => {
+                code = exit::USAGE;
+                ctx.out
+                    .result(&format!("slipway: REFUSED, nothing deployed: {reason}"));
                 continue;
             }
             Decision::Deploy {
@@ -196,6 +210,11 @@ fn detach(ctx: &Context, args: &DeployArgs) -> anyhow::Result<PathBuf> {
         .arg(&git_dir)
         .arg("--config")
         .arg(&ctx.config_path);
+    // The background deploy keeps the git server's rules and pins.
+    cmd.arg("--git-server");
+    if let Some((_, pins)) = &ctx.pins {
+        cmd.arg("--pins").arg(std::path::absolute(pins)?);
+    }
     cmd.args(["deploy", &args.environment, "--wait", "1h"]);
     cmd.args(["--ref", args.git_ref.as_deref().unwrap_or_default()]);
     if let Some(branch) = &args.branch {
@@ -289,18 +308,34 @@ fn check_update(
     if update.is_delete() {
         return Ok(());
     }
+    let reach = ctx.reach();
+    let pinned = reach.pinned_branch_environment(branch);
     let deploying = allow.branches.contains_key(branch)
+        || pinned.is_some()
         || (!update.is_create() && maps(ctx, repo, &update.old, branch))
         || ["production", "staging"].contains(&branch);
     let commit = repo.resolve(&update.new)?;
     if repo.read_file(&commit.id, &ctx.config_path)?.is_some() {
         match ctx.config_at(repo, &commit) {
-            Ok(config) if config.environment_for_branch(branch).is_some() || deploying => {}
-            Ok(_) => {}
+            Ok(config) => match reach.environment_for_push(&config, branch) {
+                Ok(_) => {}
+                // A config that disagrees with a pin is refused; without pins
+                // a mapping that needs one deploys nothing, and is only said.
+                Err(violation) if matches!(reach, Reach::Pinned(..)) => {
+                    let place = ctx.place_of(repo, &commit, &violation.key);
+                    bail!("{place}{violation}");
+                }
+                Err(violation) => ctx.out.warn(&format!("slipway: `{branch}`: {violation}")),
+            },
             Err(e) if deploying => return Err(e),
             Err(e) if e.downcast_ref::<crate::config::ConfigError>().is_some() => return Err(e),
             Err(_) => {}
         }
+    } else if let Some(environment) = pinned {
+        bail!(
+            "this branch deploys the pinned environment `{environment}`, but the pushed commit has no {}",
+            ctx.config_path
+        );
     }
     if allow.refuse_non_fast_forward.iter().any(|b| b == branch)
         && !update.is_create()
@@ -343,13 +378,26 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
             .replace('$', "\\$")
             .replace('`', "\\`")
     );
-    for pair in &args.setenv {
-        let (name, value) = pair
-            .split_once('=')
-            .filter(|(n, _)| is_variable_name(n))
-            .with_context(|| format!("--setenv {pair:?} is not NAME=VALUE"))?;
-        let value = crate::transport::quote::quote(value)?;
-        bin_line.push_str(&format!("\nexport {name}={value}"));
+    let env_file = match &args.env_file {
+        Some(path) => {
+            let path = std::path::absolute(path)?;
+            // Only the file's place is in the script, never a value.
+            bin_line.push_str(&format!(
+                "\nexport {}={}",
+                super::hook_env::FILE_VAR,
+                crate::transport::quote::quote(&path.to_string_lossy())?
+            ));
+            path
+        }
+        None => super::hook_env::default_path(&args.git_dir),
+    };
+    if !args.setenv.is_empty() {
+        super::hook_env::write(&env_file, &args.setenv)?;
+        ctx.out.info(&format!(
+            "wrote {} setting(s) to {} (mode 0600)",
+            args.setenv.len(),
+            env_file.display()
+        ));
     }
     for (name, text) in [("post-receive", POST_RECEIVE), ("pre-receive", PRE_RECEIVE)] {
         let path = hooks.join(name);
@@ -380,12 +428,6 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
         hooks.display()
     ));
     Ok(exit::OK)
-}
-
-fn is_variable_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn set_executable(path: &Path) -> std::io::Result<()> {

@@ -11,9 +11,11 @@ mod context;
 mod demo;
 mod deploy;
 mod hook;
+mod hook_env;
 mod inspect;
 mod notify;
 mod output;
+mod pins;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,6 +103,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLIPWAY_COMMAND_TIMEOUT", value_parser = humantime::parse_duration)]
     pub command_timeout: Option<std::time::Duration>,
 
+    /// The environment pins to obey (see README, "Security model"): which
+    /// branch deploys each environment, its hosts, deploy_to and secret
+    /// names. The git hooks read <git-dir>/slipway-pins.toml by default.
+    #[arg(long, global = true, env = "SLIPWAY_PINS")]
+    pub pins: Option<PathBuf>,
+
+    /// Run with a git server's rules (set by the hooks for the deploys they
+    /// start): without pins a branch reaches only its namesake environment,
+    /// and pushed build steps must be sandboxed.
+    #[arg(long, global = true, hide = true, env = "SLIPWAY_GIT_SERVER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub git_server: bool,
+
     /// Print less: only results and errors.
     #[arg(long, short, global = true, env = "SLIPWAY_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
@@ -145,6 +159,10 @@ pub enum Command {
     /// Git server hooks: deploy on push, guard deploying branches.
     #[command(subcommand)]
     Hook(hook::HookCommand),
+    /// Pin environments (branch, hosts, deploy_to, secret names) in a file
+    /// pushers cannot write; the git hooks and `--pins` obey it.
+    #[command(subcommand)]
+    Pins(pins::PinsCommand),
     /// Run a full gated rollout to three local hosts, with no setup.
     Demo(demo::DemoArgs),
     /// Check the chat, monitoring and CDN notifiers of `[notify]`.
@@ -163,16 +181,26 @@ pub enum NotifyCommand {
 
 /// Runs slipway as a process.
 pub fn main() -> ExitCode {
+    if let Err(e) = hook_env::reexec_with_hook_env() {
+        output::err_line(&format!("slipway: {e:#}"));
+        return ExitCode::from(exit::USAGE);
+    }
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::err_line(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILED);
         }
     };
-    let ctx = Context::new(&cli);
+    let ctx = match Context::new(&cli) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            output::err_line(&format!("error: {e:#}"));
+            return ExitCode::from(exit_code(&e));
+        }
+    };
     let result = runtime.block_on(run(&ctx, cli.command));
     match result {
         Ok(code) => ExitCode::from(code),
@@ -198,6 +226,7 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Unlock(args) => inspect::unlock(ctx, &args).await,
         Command::Ci(args) => ci::ci(ctx, &args).await,
         Command::Hook(command) => hook::hook(ctx, command).await,
+        Command::Pins(command) => pins::pins(ctx, command),
         Command::Demo(args) => demo::demo(ctx, args).await,
         Command::Notify(NotifyCommand::Test { environment }) => {
             notify::notify_test(ctx, &environment).await
@@ -215,6 +244,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
             .is_some()
         || e.downcast_ref::<crate::config::UnknownEnvironment>()
             .is_some()
+        || e.downcast_ref::<crate::config::PinViolation>().is_some()
     {
         return exit::USAGE;
     }

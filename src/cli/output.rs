@@ -13,6 +13,19 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::notify::{Event, Sink};
 
+/// One line to stdout; a closed or broken stdout is ignored, not a panic.
+pub fn out_line(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// One line to stderr, the same way.
+pub fn err_line(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 pub struct Console {
     quiet: bool,
     /// Under GitHub Actions everything goes to stdout, in order with the
@@ -42,7 +55,7 @@ impl Console {
 
     /// A result; always printed, on stdout.
     pub fn result(&self, line: &str) {
-        println!("{line}");
+        out_line(line);
     }
 
     pub fn error(&self, message: &str) {
@@ -58,8 +71,8 @@ impl Console {
             Some(bars) => {
                 let _ = bars.println(line);
             }
-            None if self.stdout => println!("{line}"),
-            None => eprintln!("{line}"),
+            None if self.stdout => out_line(line),
+            None => err_line(line),
         }
     }
 }

@@ -14,13 +14,18 @@
 
 mod error;
 mod locate;
+mod pins;
 mod schema;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, UnknownEnvironment};
+pub use pins::{
+    BuildSettings, PIN_FILE, Pin, PinViolation, Pins, Reach, SandboxSetting, load_pins, parse_pins,
+};
 pub use schema::*;
+pub(crate) use validate::is_variable_name;
 
 use error::{KeyPath, Segment, line_column};
 use locate::Locator;
@@ -36,18 +41,67 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         // fall back to the same spot stay in rule order.
         .min_by_key(|issue| locator.offset(&issue.path));
     match first {
-        Some(issue) => {
-            let (line, column) = locator.locate(&issue.path);
-            Err(ConfigError {
-                file: file.to_path_buf(),
-                line,
-                column,
-                key: issue.path.to_string(),
-                message: issue.message,
-            })
-        }
+        Some(issue) => Err(line_column_error(
+            &locator,
+            file,
+            &issue.path,
+            issue.message,
+        )),
         None => Ok(config),
     }
+}
+
+/// The error for a rule broken at `path`, placed where `path` is written.
+fn line_column_error(
+    locator: &Locator<'_>,
+    file: &Path,
+    path: &error::KeyPath,
+    message: String,
+) -> ConfigError {
+    let (line, column) = locator.locate(path);
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: path.to_string(),
+        message,
+    }
+}
+
+/// The 1-based line where a dotted key (`environments.production.hosts`)
+/// is written in `text`, or of its nearest written ancestor.
+pub fn line_of_key(text: &str, key: &str) -> usize {
+    let mut path = error::KeyPath::root();
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        path = path.key(part);
+    }
+    Locator::new(text).locate(&path).0
+}
+
+/// The largest server-side settings file slipway reads (pins, allow-list).
+const MAX_SETTINGS_FILE: u64 = 1 << 20;
+
+/// Reads a small settings file, refusing one past [`MAX_SETTINGS_FILE`].
+fn read_capped(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let fail = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        key: String::new(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let mut text = String::new();
+    file.take(MAX_SETTINGS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(format!("cannot read it as UTF-8 text: {e}")))?;
+    if text.len() as u64 > MAX_SETTINGS_FILE {
+        return Err(fail(format!(
+            "it is larger than {MAX_SETTINGS_FILE} bytes; a settings file this big is a mistake"
+        )));
+    }
+    Ok(text)
 }
 
 impl Config {
@@ -72,7 +126,7 @@ impl Config {
 }
 
 /// The typed pass: syntax, types, unknown keys and durations.
-fn deserialize(text: &str, file: &Path) -> Result<Config, ConfigError> {
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
     let deserializer =
         toml::Deserializer::parse(text).map_err(|err| syntax_error(text, file, &err))?;
     serde_path_to_error::deserialize(deserializer).map_err(|err| {

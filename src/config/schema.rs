@@ -141,7 +141,7 @@ impl DebScripts {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Build {
     #[serde(default)]
@@ -150,6 +150,24 @@ pub struct Build {
     /// the repository root) left out of the artifact.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Whether build steps may use the network (they run in a sandbox
+    /// either way); `false` gives them none at all.
+    #[serde(default = "default_network")]
+    pub network: bool,
+}
+
+impl Default for Build {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            exclude: Vec::new(),
+            network: default_network(),
+        }
+    }
+}
+
+fn default_network() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -331,7 +331,7 @@ fn check_hosts(env: &Environment, path: &KeyPath, issues: &mut Issues) {
 
 /// A host is `local:/abs/path`, or `[user@]host[:port]` / an ssh_config alias
 /// (with `[v6addr]` allowed for IPv6 literals).
-fn check_host(host: &str) -> Result<(), String> {
+pub(crate) fn check_host(host: &str) -> Result<(), String> {
     if let Some(dir) = host.strip_prefix("local:") {
         return check_local_host(dir);
     }
@@ -423,7 +423,7 @@ fn check_local_host(dir: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn deploy_to_problem(dir: &str) -> Option<String> {
+pub(crate) fn deploy_to_problem(dir: &str) -> Option<String> {
     if dir.trim() != dir || dir.chars().any(char::is_control) {
         // Almost always a stray space or newline from a multi-line string;
         // it would silently create a differently-named directory.
@@ -498,7 +498,7 @@ fn check_variables(env: &Environment, path: &KeyPath, issues: &mut Issues) {
     }
 }
 
-fn is_variable_name(name: &str) -> bool {
+pub(crate) fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -3,12 +3,15 @@
 //! Owns the parsing of git's receive-hook input and the branch →
 //! environment decision. Invariants: a ref that is not a branch, a deleted
 //! branch, and a branch no environment names all decide "nothing to deploy"
-//! with one sentence saying why; nothing here does I/O beyond parsing what it
-//! is given, so the same decision serves hooks, CI events and the CLI.
+//! with one sentence saying why; what a push may reach is decided by the
+//! [`Reach`] the caller loaded from the server owner's pin file (or the
+//! default rule), never by the pushed config alone; nothing here does I/O
+//! beyond parsing what it is given, so the same decision serves hooks, CI
+//! events and the CLI.
 
 pub mod github;
 
-use crate::config::Config;
+use crate::config::{Config, Reach};
 
 /// One line of `pre-receive`/`post-receive` input: `<old> <new> <ref>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,11 +97,17 @@ pub enum Decision {
     Skip {
         reason: String,
     },
+    /// The pushed config asks for more than the pins allow: nothing is
+    /// deployed, and the pusher is told which key and which pin.
+    Refuse {
+        reason: String,
+    },
 }
 
 /// Decides what `update` deploys, given the config carried by its new
-/// commit (`None` when that commit has no config file).
-pub fn decide(update: &RefUpdate, config: Option<&Config>) -> Decision {
+/// commit (`None` when that commit has no config file) and what the server's
+/// owner lets a push reach.
+pub fn decide(update: &RefUpdate, config: Option<&Config>, reach: &Reach<'_>) -> Decision {
     let skip = |reason: String| Decision::Skip { reason };
     let Some(branch) = update.branch() else {
         return skip(format!(
@@ -112,15 +121,18 @@ pub fn decide(update: &RefUpdate, config: Option<&Config>) -> Decision {
     let Some(config) = config else {
         return skip(format!("`{branch}` has no slipway.toml; nothing to deploy"));
     };
-    match config.environment_for_branch(branch) {
-        Some((environment, _)) => Decision::Deploy {
-            environment: environment.to_owned(),
+    match reach.environment_for_push(config, branch) {
+        Ok(Some((environment, _))) => Decision::Deploy {
+            environment,
             branch: branch.to_owned(),
             commit: update.new.clone(),
         },
-        None => skip(format!(
+        Ok(None) => skip(format!(
             "`{branch}` deploys to no environment; nothing to do"
         )),
+        Err(violation) => Decision::Refuse {
+            reason: format!("`{branch}`: {violation}"),
+        },
     }
 }
 
@@ -163,7 +175,11 @@ mod tests {
             name: name.into(),
         };
         assert_eq!(
-            decide(&up("refs/heads/production", A), Some(&cfg)),
+            decide(
+                &up("refs/heads/production", A),
+                Some(&cfg),
+                &Reach::SameName
+            ),
             Decision::Deploy {
                 environment: "production".into(),
                 branch: "production".into(),
@@ -175,13 +191,13 @@ mod tests {
             (up("refs/heads/production", Z), "was deleted"),
             (up("refs/tags/v1", A), "not a branch"),
         ] {
-            match decide(&update, Some(&cfg)) {
+            match decide(&update, Some(&cfg), &Reach::SameName) {
                 Decision::Skip { reason } => assert!(reason.contains(why), "{reason}"),
                 other => panic!("{other:?}"),
             }
         }
         assert!(matches!(
-            decide(&up("refs/heads/production", A), None),
+            decide(&up("refs/heads/production", A), None, &Reach::SameName),
             Decision::Skip { .. }
         ));
     }

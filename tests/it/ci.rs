@@ -212,6 +212,12 @@ impl Story {
     /// `slipway ci` as the action's deploy step runs it, with the cluster's
     /// known_hosts and key.
     fn ci(&self, event_name: &str, event: &Path, api: &str) -> Step {
+        self.ci_in_job("production", event_name, event, api)
+    }
+
+    /// `slipway ci` in a job that declares `environment: <declared>` (empty:
+    /// none).
+    fn ci_in_job(&self, declared: &str, event_name: &str, event: &Path, api: &str) -> Step {
         let output = self.file("github_output", "");
         let summary = self.file("step_summary", "");
         let mut cmd = slipway_for(self.app.path(), &self.cluster);
@@ -224,7 +230,9 @@ impl Story {
         cmd.envs(self.runner_env(event_name, event, api))
             .env("GITHUB_OUTPUT", &output)
             .env("GITHUB_STEP_SUMMARY", &summary)
-            .env("SLIPWAY_GITHUB_TOKEN", TOKEN);
+            .env("SLIPWAY_GITHUB_TOKEN", TOKEN)
+            // The job's `environment: production`, as the action passes it.
+            .env("SLIPWAY_ENVIRONMENT", declared);
         let flags = ssh_flags(&self.cluster);
         let mut args = vec!["ci"];
         args.extend(flags.iter().map(String::as_str));
@@ -1012,6 +1020,7 @@ fn the_composite_action_run_step_by_step_deploys_with_a_pasted_crlf_key_it_never
         &[
             ("ssh-private-key", &pasted),
             ("known-hosts", known_hosts.trim_end()),
+            ("environment", "production"),
         ],
     );
 
@@ -1075,4 +1084,32 @@ fn the_composite_action_run_step_by_step_deploys_with_a_pasted_crlf_key_it_never
     let deploy = logs.last().expect("the deploy step");
     assert_masks_first(&deploy.log, &[TOKEN, DATABASE_URL]);
     assert_eq!(groups(&deploy.log), ["build", "rollout"]);
+}
+
+/// The job's declared environment is the pin under GitHub Actions: its
+/// protection rules and environment secrets guard it. A workflow (which the
+/// pusher controls) cannot point a production deploy at a job declared for
+/// staging, nor deploy from a job that declares nothing.
+#[test]
+fn ci_deploys_only_to_the_environment_the_job_declares() {
+    let story = Story::new();
+    let api = github_api();
+    let (_commit, event) = story.push_production();
+    for (declared, says) in [
+        (
+            "staging",
+            "this job declares environment `staging`, but `production` deploys `production`",
+        ),
+        (
+            "",
+            "declares no environment; add `environment: production` to the job",
+        ),
+    ] {
+        let step = story.ci_in_job(declared, "push", &event, &api.url());
+        let run = step.run.failure(2);
+        assert!(run.stdout().contains("::error"), "{}", run.text());
+        assert!(run.text().contains(says), "{}", run.text());
+        story.assert_untouched();
+    }
+    assert!(api.requests().is_empty(), "no Deployment was created");
 }

@@ -10,5 +10,8 @@ mod deb;
 mod hooks;
 mod local;
 mod notify;
+mod operator;
+mod output;
 mod ssh;
 mod strategies;
+mod trust;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod git_host;
 pub mod graphite;
 pub mod hostile_tar;
 pub mod nginx;

@@ -186,6 +186,7 @@ impl Sshd {
                  KbdInteractiveAuthentication no\n\
                  UsePAM no\n\
                  PermitRootLogin yes\n\
+                 PermitUserEnvironment SLIPWAY_USER,REMOTE_USER\n\
                  AllowTcpForwarding yes\n\
                  MaxStartups 100\n\
                  MaxSessions 100\n\
