@@ -241,15 +241,17 @@ pub fn pack_deb(
         }
     }
     let scripts = read_scripts(input.dir, deb.scripts)?;
-    let (content_sha256, file_count) = hash_entries(input.dir, &entries)?;
+    let summary = hash_entries(input.dir, &entries)?;
     let mut manifest = Manifest {
         app: input.app.to_owned(),
         commit: input.commit.to_owned(),
         branch: input.branch.to_owned(),
         release_id: input.release_id.to_owned(),
         format: DEB_FORMAT.to_owned(),
-        file_count,
-        content_sha256,
+        file_count: summary.file_count,
+        content_sha256: summary.content_sha256,
+        entry_count: summary.entry_count,
+        unpacked_size: summary.unpacked_size,
         created,
         sha256: None,
     };
@@ -271,6 +273,7 @@ pub fn pack_deb(
         path,
         sha256,
         size,
+        tar_size: None,
         manifest,
     })
 }

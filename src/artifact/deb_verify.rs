@@ -139,6 +139,8 @@ pub fn open_deb(path: &Path, expect: &DebExpect<'_>) -> Result<Artifact, Artifac
         sha256,
         size,
         manifest,
+        // A package is unpacked by dpkg, not by the tarball staging script.
+        tar_size: None,
     })
 }
 

@@ -41,6 +41,13 @@ pub struct Manifest {
     pub file_count: u64,
     /// See the module documentation.
     pub content_sha256: String,
+    /// Entries after the manifest (directories, files and symlinks).
+    pub entry_count: u64,
+    /// Bytes of regular-file content after the manifest: what unpacking
+    /// writes. The verifier refuses an archive whose entries declare more,
+    /// and bounds the decompressed stream by it, so a small archive cannot
+    /// unpack into an unbounded one.
+    pub unpacked_size: u64,
     /// RFC 3339 UTC rendering of the source time.
     pub created: String,
     /// sha256 of the `.tar.gz` file; only in the manifest beside the archive.
@@ -74,6 +81,8 @@ pub(crate) fn rfc3339(unix_seconds: i64) -> Option<String> {
 pub(crate) struct ContentHasher {
     sha: Sha256,
     file_count: u64,
+    entry_count: u64,
+    unpacked_size: u64,
 }
 
 impl ContentHasher {
@@ -81,6 +90,8 @@ impl ContentHasher {
         ContentHasher {
             sha: Sha256::new(),
             file_count: 0,
+            entry_count: 0,
+            unpacked_size: 0,
         }
     }
 
@@ -95,6 +106,10 @@ impl ContentHasher {
         if kind != EntryKind::Dir {
             self.file_count += 1;
         }
+        if kind == EntryKind::File {
+            self.unpacked_size = self.unpacked_size.saturating_add(data_len);
+        }
+        self.entry_count += 1;
         self.sha.update([tag]);
         self.sha.update((mode & 0o7777).to_be_bytes());
         self.sha.update((path.len() as u64).to_be_bytes());
@@ -108,7 +123,32 @@ impl ContentHasher {
 
     /// Hex `content_sha256` and the `file_count` seen.
     pub(crate) fn finish(self) -> (String, u64) {
-        (hex::encode(self.sha.finalize()), self.file_count)
+        self.finish_all().content()
+    }
+
+    /// Everything the manifest says about the entries seen.
+    pub(crate) fn finish_all(self) -> ContentSummary {
+        ContentSummary {
+            content_sha256: hex::encode(self.sha.finalize()),
+            file_count: self.file_count,
+            entry_count: self.entry_count,
+            unpacked_size: self.unpacked_size,
+        }
+    }
+}
+
+/// The manifest fields that describe the entries, as counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContentSummary {
+    pub content_sha256: String,
+    pub file_count: u64,
+    pub entry_count: u64,
+    pub unpacked_size: u64,
+}
+
+impl ContentSummary {
+    fn content(self) -> (String, u64) {
+        (self.content_sha256, self.file_count)
     }
 }
 
@@ -136,6 +176,8 @@ mod tests {
             format: "tar.gz".into(),
             file_count: 3,
             content_sha256: "ab".repeat(32),
+            entry_count: 4,
+            unpacked_size: 1234,
             created: "2023-11-14T22:13:20Z".into(),
             sha256: None,
         }

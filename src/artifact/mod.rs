@@ -31,6 +31,7 @@ mod deb;
 mod deb_verify;
 mod digest;
 mod manifest;
+mod sign;
 mod tarball;
 mod verify;
 
@@ -41,8 +42,12 @@ pub use deb::{
 pub use deb_verify::{DebExpect, open_deb};
 pub use digest::sha256_file;
 pub use manifest::Manifest;
+pub use sign::{
+    NAMESPACE as SIGNATURE_NAMESPACE, SignError, Signer, parse_trusted_key, sign, signature_path,
+    verify as verify_signature,
+};
 pub use tarball::pack;
-pub use verify::open;
+pub use verify::{Opened, open, open_for_upload};
 
 /// The name of the manifest, the first entry of every archive.
 pub const MANIFEST_NAME: &str = ".slipway-manifest.json";
@@ -58,6 +63,10 @@ pub struct Artifact {
     pub sha256: String,
     /// Size of the `.tar.gz` file in bytes.
     pub size: u64,
+    /// Length of the decompressed tar stream, for an archive slipway wrote
+    /// (packed, or re-serialised by [`open_for_upload`]); the host unpacks
+    /// no more than this. `None` for a `.deb` or an archive only checked.
+    pub tar_size: Option<u64>,
     /// The manifest, with `sha256` always set to [`Artifact::sha256`].
     pub manifest: Manifest,
 }
@@ -127,6 +136,16 @@ pub enum ArtifactError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "refusing artifact {}: it has data after its first gzip member (a second member or trailing bytes); slipway writes exactly one, and a host's tar would unpack the rest unchecked",
+        archive.display()
+    )]
+    ExtraGzipData { archive: PathBuf },
+    #[error(
+        "refusing artifact {}: it unpacks to more than its manifest allows ({limit} bytes); it is damaged or a decompression bomb",
+        archive.display()
+    )]
+    TooLarge { archive: PathBuf, limit: u64 },
     #[error(transparent)]
     Deb(#[from] DebError),
     #[error("cannot read {} as a tar.gz archive; it is damaged or not an artifact: {source}", archive.display())]

@@ -16,7 +16,7 @@ use flate2::{Compression, GzBuilder};
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::digest::HashingWriter;
-use super::manifest::{ContentHasher, Manifest, rfc3339};
+use super::manifest::{ContentHasher, ContentSummary, Manifest, rfc3339};
 use super::verify::Checker;
 use super::{Artifact, ArtifactError, EntryKind, FORMAT, MANIFEST_NAME, PackInput};
 
@@ -58,22 +58,24 @@ pub fn pack(input: &PackInput, out_dir: &Path) -> Result<Artifact, ArtifactError
     let mtime = input.source_time.unsigned_abs();
 
     let entries = collect(input.dir, &excludes)?;
-    let (content_sha256, file_count) = hash_entries(input.dir, &entries)?;
+    let summary = hash_entries(input.dir, &entries)?;
     let mut manifest = Manifest {
         app: input.app.to_owned(),
         commit: input.commit.to_owned(),
         branch: input.branch.to_owned(),
         release_id: input.release_id.to_owned(),
         format: FORMAT.to_owned(),
-        file_count,
-        content_sha256,
+        file_count: summary.file_count,
+        content_sha256: summary.content_sha256,
+        entry_count: summary.entry_count,
+        unpacked_size: summary.unpacked_size,
         created,
         sha256: None,
     };
 
     let stem = format!("{}-{}", input.app, input.release_id);
     let path = out_dir.join(format!("{stem}.tar.gz"));
-    let (sha256, size) = write_archive(input.dir, &path, &manifest, &entries, mtime)?;
+    let (sha256, size, tar_size) = write_archive(input.dir, &path, &manifest, &entries, mtime)?;
     manifest.sha256 = Some(sha256.clone());
     let manifest_path = out_dir.join(format!("{stem}.manifest.json"));
     write_atomically(&manifest_path, manifest.to_json().as_bytes())?;
@@ -81,6 +83,7 @@ pub fn pack(input: &PackInput, out_dir: &Path) -> Result<Artifact, ArtifactError
         path,
         sha256,
         size,
+        tar_size: Some(tar_size),
         manifest,
     })
 }
@@ -285,7 +288,7 @@ fn special_kind(file_type: fs::FileType) -> &'static str {
 pub(super) fn hash_entries(
     dir: &Path,
     entries: &[SourceEntry],
-) -> Result<(String, u64), ArtifactError> {
+) -> Result<ContentSummary, ArtifactError> {
     let mut content = ContentHasher::new();
     for entry in entries {
         content.entry(entry.kind, entry.mode, &entry.rel, data_len(entry));
@@ -302,7 +305,7 @@ pub(super) fn hash_entries(
             _ => {}
         }
     }
-    Ok(content.finish())
+    Ok(content.finish_all())
 }
 
 pub(super) fn data_len(entry: &SourceEntry) -> u64 {
@@ -321,67 +324,44 @@ pub(super) fn changed(dir: &Path, path: &Path) -> ArtifactError {
 
 /// Second pass: writes manifest and entries to a temp file in the output
 /// directory, re-checks the content hash, then renames it into place.
-/// Returns the archive's sha256 and size.
+/// Returns the archive's sha256, size and tar stream length.
 fn write_archive(
     dir: &Path,
     path: &Path,
     manifest: &Manifest,
     entries: &[SourceEntry],
     mtime: u64,
-) -> Result<(String, u64), ArtifactError> {
+) -> Result<(String, u64, u64), ArtifactError> {
     let out_dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temp_file(out_dir)?;
-    let write_err = ArtifactError::io("write", tmp.path());
-
-    let hashing = HashingWriter::new(BufWriter::new(tmp.as_file()));
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .operating_system(GZIP_OS_UNKNOWN)
-        .write(hashing, Compression::new(GZIP_LEVEL));
-    let mut tar = tar::Builder::new(gz);
-
-    let json = manifest.to_json();
-    let mut header = header(EntryKind::File, 0o644, json.len() as u64, mtime);
-    tar.append_data(&mut header, MANIFEST_NAME, json.as_bytes())
+    let mut writer = Canonical::new(tmp.as_file(), manifest, mtime)
         .map_err(ArtifactError::io("write", tmp.path()))?;
-
     let mut content = ContentHasher::new();
     for entry in entries {
-        append_entry(dir, &mut tar, entry, mtime, &mut content)?;
+        append_entry(dir, &mut writer, entry, &mut content)?;
     }
     if content.finish().0 != manifest.content_sha256 {
         return Err(changed(dir, dir));
     }
-
-    let gz = tar
-        .into_inner()
-        .map_err(ArtifactError::io("write", tmp.path()))?;
-    let hashing = gz
+    let written = writer
         .finish()
         .map_err(ArtifactError::io("write", tmp.path()))?;
-    let (buffered, sha256, size) = hashing.finish();
-    buffered
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
     finish_temp(tmp, path)?;
-    Ok((sha256, size))
+    Ok(written)
 }
 
 fn append_entry<W: Write>(
     dir: &Path,
-    tar: &mut tar::Builder<W>,
+    writer: &mut Canonical<W>,
     entry: &SourceEntry,
-    mtime: u64,
     content: &mut ContentHasher,
 ) -> Result<(), ArtifactError> {
-    let mut header = header(entry.kind, entry.mode, entry.size, mtime);
     content.entry(entry.kind, entry.mode, &entry.rel, data_len(entry));
     let pack_err = ArtifactError::io("pack", &entry.abs);
     match (&entry.kind, &entry.target) {
         (EntryKind::Symlink, Some(target)) => {
             content.data(target.as_bytes());
-            tar.append_link(&mut header, &entry.rel, target)
-                .map_err(pack_err)
+            writer.symlink(&entry.rel, target).map_err(pack_err)
         }
         (EntryKind::File, _) => {
             let file = File::open(&entry.abs).map_err(ArtifactError::io("read", &entry.abs))?;
@@ -392,16 +372,92 @@ fn append_entry<W: Write>(
                 content,
                 count: 0,
             };
-            tar.append_data(&mut header, &entry.rel, &mut reader)
+            writer
+                .file(&entry.rel, entry.mode, entry.size, &mut reader)
                 .map_err(pack_err)?;
             if reader.count != entry.size {
                 return Err(changed(dir, &entry.abs));
             }
             Ok(())
         }
-        _ => tar
-            .append_data(&mut header, &entry.rel, io::empty())
-            .map_err(pack_err),
+        _ => writer.dir(&entry.rel).map_err(pack_err),
+    }
+}
+
+/// The one writer of slipway's archive format: the manifest first, then
+/// entries with headers built from scratch (see [`header`]), gzip with
+/// fixed settings. Both [`pack`] and the re-serialisation of a checked
+/// archive (`verify.rs`) write through it, so what a host unpacks is always
+/// a stream in this shape.
+pub(super) struct Canonical<W: Write> {
+    tar: tar::Builder<Counting<flate2::write::GzEncoder<HashingWriter<BufWriter<W>>>>>,
+    mtime: u64,
+}
+
+impl<W: Write> Canonical<W> {
+    pub(super) fn new(out: W, manifest: &Manifest, mtime: u64) -> io::Result<Self> {
+        let hashing = HashingWriter::new(BufWriter::new(out));
+        let gz = GzBuilder::new()
+            .mtime(0)
+            .operating_system(GZIP_OS_UNKNOWN)
+            .write(hashing, Compression::new(GZIP_LEVEL));
+        let mut tar = tar::Builder::new(Counting {
+            inner: gz,
+            count: 0,
+        });
+        let json = manifest.to_json();
+        let mut header = header(EntryKind::File, 0o644, json.len() as u64, mtime);
+        tar.append_data(&mut header, MANIFEST_NAME, json.as_bytes())?;
+        Ok(Canonical { tar, mtime })
+    }
+
+    pub(super) fn dir(&mut self, path: &str) -> io::Result<()> {
+        let mut header = header(EntryKind::Dir, 0o755, 0, self.mtime);
+        self.tar.append_data(&mut header, path, io::empty())
+    }
+
+    pub(super) fn file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
+        let mut header = header(EntryKind::File, mode, size, self.mtime);
+        self.tar.append_data(&mut header, path, data)
+    }
+
+    pub(super) fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let mut header = header(EntryKind::Symlink, 0o777, 0, self.mtime);
+        self.tar.append_link(&mut header, path, target)
+    }
+
+    /// Ends the archive; returns its sha256, its size and the length of
+    /// the tar stream inside the gzip member.
+    pub(super) fn finish(self) -> io::Result<(String, u64, u64)> {
+        let counting = self.tar.into_inner()?;
+        let hashing = counting.inner.finish()?;
+        let (buffered, sha256, size) = hashing.finish();
+        buffered.into_inner().map_err(|e| e.into_error())?;
+        Ok((sha256, size, counting.count))
+    }
+}
+
+/// Counts the bytes of the tar stream before compression.
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -614,7 +670,22 @@ mod tests {
         assert!(seen.contains(&("run".into(), 0o777)));
 
         let opened = crate::artifact::open(&packed.path).unwrap();
-        assert_eq!(opened, packed);
+        assert_eq!(
+            opened,
+            Artifact {
+                tar_size: None,
+                ..packed.clone()
+            }
+        );
+        // Re-serialising what was checked gives back the very same bytes.
+        let copy_dir = tmp();
+        let copy = crate::artifact::open_for_upload(&packed.path, copy_dir.path()).unwrap();
+        assert_eq!(copy.upload.sha256, packed.sha256);
+        assert_eq!(copy.upload.tar_size, packed.tar_size);
+        assert_eq!(
+            fs::read(&copy.upload.path).unwrap(),
+            fs::read(&packed.path).unwrap()
+        );
         let beside = fs::read(out.path().join("shop-r1.manifest.json")).unwrap();
         assert_eq!(Manifest::from_json(&beside).unwrap(), packed.manifest);
         // Only the two final files remain: no temp files left behind.

@@ -63,6 +63,10 @@ pub struct BuildArgs {
     /// The artifact format (default: `app.artifact` from slipway.toml).
     #[arg(long, env = "SLIPWAY_FORMAT", value_enum)]
     pub format: Option<FormatArg>,
+    /// Sign the artifact with this unencrypted OpenSSH ed25519 private key
+    /// (`ssh-keygen -t ed25519 -N '' -f KEY`), writing `<artifact>.sig`.
+    #[arg(long, env = "SLIPWAY_SIGN_KEY", value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 /// `--format` values, spelled as in slipway.toml.
@@ -141,7 +145,13 @@ pub async fn execute(
         .prefix("slipway-artifact-")
         .tempdir()?;
     let artifact = match &args.artifact {
-        Some(path) => prebuilt(path, &plan)?,
+        Some(path) => prebuilt(
+            ctx,
+            path,
+            &plan,
+            &loaded.config.artifact.trusted_keys,
+            workdir.path(),
+        )?,
         None => build_for(
             ctx,
             loaded,
@@ -165,6 +175,9 @@ pub async fn execute(
             path: artifact.path.clone(),
             sha256: artifact.sha256.clone(),
             size: artifact.size,
+            // Every tar.gz here was written by slipway (packed, or
+            // re-serialised by `prebuilt`), so its length is known.
+            tar_size: artifact.tar_size.unwrap_or(0),
         }),
         secrets,
         deploy_id,
@@ -223,36 +236,66 @@ fn build_for(
     Ok(artifact)
 }
 
-/// A prebuilt artifact must be the build of the commit being deployed.
-fn prebuilt(path: &std::path::Path, plan: &Plan) -> anyhow::Result<Artifact> {
-    let artifact = match plan.artifact {
-        ArtifactFormat::TarGz => artifact::open(path)?,
+/// A prebuilt artifact must be the build of the commit being deployed,
+/// signed by a trusted key when `[artifact] trusted_keys` is set. For a
+/// tarball, what is returned, and uploaded, is slipway's own
+/// re-serialisation of the entries it checked (see
+/// `artifact::open_for_upload`), written into `workdir`; a package goes up
+/// as checked (`artifact::open_deb`).
+fn prebuilt(
+    ctx: &Context,
+    path: &std::path::Path,
+    plan: &Plan,
+    trusted_keys: &[String],
+    workdir: &std::path::Path,
+) -> anyhow::Result<Artifact> {
+    let (original, upload) = match plan.artifact {
+        ArtifactFormat::TarGz => {
+            let opened = artifact::open_for_upload(path, workdir)?;
+            (opened.original, Some(opened.upload))
+        }
         ArtifactFormat::Deb => {
             let prefix = plan
                 .deb
                 .package_prefix
                 .clone()
                 .unwrap_or_else(|| artifact::default_package_prefix(&plan.app));
-            artifact::open_deb(
+            let deb = artifact::open_deb(
                 path,
                 &artifact::DebExpect {
                     deploy_to: &plan.deploy_to,
                     package_prefix: &prefix,
                     release_id: &plan.release_id,
                 },
-            )?
+            )?;
+            (deb, None)
         }
     };
+    let original = &original;
+    if trusted_keys.is_empty() {
+        ctx.out.warn(&format!(
+            "{} is not signature-checked ([artifact] trusted_keys is empty): slipway trusts the file's claim about its commit ({} of {}); set [artifact] trusted_keys and sign builds with `slipway build --sign KEY`",
+            path.display(),
+            original.manifest.commit,
+            original.manifest.app
+        ));
+    } else {
+        let signer = artifact::verify_signature(path, &original.sha256, trusted_keys)?;
+        ctx.out.info(&format!(
+            "  signature by {} ({}) verified",
+            signer.comment, signer.fingerprint
+        ));
+    }
     anyhow::ensure!(
-        artifact.manifest.commit == plan.commit.id && artifact.manifest.app == plan.app,
+        original.manifest.commit == plan.commit.id && original.manifest.app == plan.app,
         "{} was built from {} of {}, not {} of {}; build it again from the commit you deploy",
         path.display(),
-        artifact.manifest.commit,
-        artifact.manifest.app,
+        original.manifest.commit,
+        original.manifest.app,
         plan.commit.id,
         plan.app
     );
-    Ok(artifact)
+    Ok(upload.unwrap_or_else(|| original.clone()))
 }
 
 pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
@@ -437,6 +480,10 @@ pub fn build(ctx: &Context, args: &BuildArgs) -> anyhow::Result<u8> {
         (format, deploy_to.as_deref()),
         &args.out,
     )?;
+    if let Some(key) = &args.sign {
+        let signature = artifact::sign(&artifact, key)?;
+        ctx.out.info(&format!("  signed: {}", signature.display()));
+    }
     ctx.out
         .result(&format!("{}  {}", artifact.sha256, artifact.path.display()));
     Ok(exit::OK)

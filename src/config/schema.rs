@@ -24,6 +24,9 @@ pub struct Config {
     /// Debian package settings, used when `app.artifact` is `"deb"`.
     #[serde(default)]
     pub deb: Deb,
+    /// Who may sign artifacts deployed with `deploy --artifact`.
+    #[serde(default)]
+    pub artifact: ArtifactTrust,
     /// Notifier settings; interpreted by `notify/`, kept opaque here so the
     /// config module does not need to know every service.
     #[serde(default)]
@@ -51,6 +54,16 @@ pub enum ArtifactFormat {
     TarGz,
     #[serde(rename = "deb")]
     Deb,
+}
+
+/// `[artifact]`: signatures `deploy --artifact` requires.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactTrust {
+    /// OpenSSH ed25519 public key lines (`ssh-ed25519 AAAA... name`). When
+    /// set, `deploy --artifact F` requires `F.sig` signed by one of them.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 /// `[deb]`: how a release is packaged and installed as a Debian package.

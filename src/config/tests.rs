@@ -550,3 +550,22 @@ fn waits_parallel_and_url_are_bounded() {
         "url = \"https://shop.example.com\"\nparallel = 64",
     ));
 }
+
+#[test]
+fn artifact_trusted_keys_must_be_ed25519_public_keys() {
+    // A key from `ssh-keygen -t ed25519`, accepted as is.
+    let good =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGIq6yrvpG0PTL3NBsJjuJpTH9wavwAGSoYnV8ZZnpg7 ci";
+    let text = format!("{VALID}\n[artifact]\ntrusted_keys = [\"{good}\"]\n");
+    assert_eq!(parse_ok(&text).artifact.trusted_keys, [good]);
+
+    let text = format!("{VALID}\n[artifact]\ntrusted_keys = [\"{good}\", \"ssh-ed25519 AAAA\"]\n");
+    let err = parse_err(&text);
+    let line = text.lines().count();
+    assert_eq!(
+        (err.line, err.key.as_str()),
+        (line, "artifact.trusted_keys[1]"),
+        "{err}"
+    );
+    assert!(err.message.contains("OpenSSH public key"), "{err}");
+}

@@ -15,7 +15,8 @@ use std::time::Duration;
 use super::error::KeyPath;
 use super::locate::Locator;
 use super::schema::{
-    App, Build, Canary, Config, Deb, Environment, Health, Shared, StartStop, Strategy,
+    App, ArtifactTrust, Build, Canary, Config, Deb, Environment, Health, Shared, StartStop,
+    Strategy,
 };
 
 /// One broken rule: which key, and what to do about it.
@@ -81,6 +82,7 @@ pub(crate) fn validate(config: &Config, locator: &Locator<'_>) -> Vec<Issue> {
     check_build(&config.build, &root.key("build"), &mut issues);
     check_shared(&config.shared, &root.key("shared"), &mut issues);
     check_deb(&config.deb, &config.app.name, &root.key("deb"), &mut issues);
+    check_artifact_trust(&config.artifact, &root.key("artifact"), &mut issues);
     let envs = root.key("environments");
     for (name, env) in &config.environments {
         check_environment(name, env, &config.shared, &envs.key(name), &mut issues);
@@ -261,6 +263,14 @@ fn check_deb(deb: &Deb, app: &str, path: &KeyPath, issues: &mut Issues) {
                 path.key("dpkg_args").index(i),
                 format!("`{arg:?}` must be a long dpkg option such as `--admindir=/path`"),
             );
+        }
+    }
+}
+
+fn check_artifact_trust(trust: &ArtifactTrust, path: &KeyPath, issues: &mut Issues) {
+    for (i, key) in trust.trusted_keys.iter().enumerate() {
+        if let Err(reason) = crate::artifact::parse_trusted_key(key) {
+            issues.add(path.key("trusted_keys").index(i), reason);
         }
     }
 }

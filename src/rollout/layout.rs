@@ -123,17 +123,41 @@ impl Layout {
         let live = format!(
             "release {id} is live with different content; build it again or deploy another commit"
         );
+        let size = stage.tar_size.to_string();
+        let bigger = stage.tar_size.saturating_add(1).to_string();
+        let wrong_size = format!(
+            "the uploaded artifact does not unpack to the {} bytes slipway wrote; refusing to unpack it",
+            stage.tar_size
+        );
+        let odd = format!(
+            "release {id} unpacked with a setuid/setgid/sticky or world-writable entry, a hard link or a special file; refusing it"
+        );
+        // The stream is slipway's own (its sha256 was checked above); the
+        // size bound and the check after unpacking hold even if it were not:
+        // tar never reads more than the bytes slipway wrote, and nothing
+        // but plain files, directories and symlinks of safe modes survives.
         let mut unpack = Script::new()
             .cmd(["rm", "-rf", &staging])?
-            .cmd(["mkdir", &staging])?
-            .cmd(["tar", "-xzf", &incoming, "-C", &staging, "--no-same-owner"])?;
+            .cmd(["mkdir", "-m", "755", &staging])?
+            .line(
+                "if [ \"$(gzip -dc -- {} | head -c {} | wc -c)\" -ne {} ]; then printf '%s\\n' {} >&2; exit 65; fi",
+                [&incoming, &bigger, &size, &wrong_size],
+            )?
+            .line(
+                "(umask 022; gzip -dc -- {} | head -c {} | tar -xf - -C {} --no-same-owner --no-same-permissions)",
+                [&incoming, &size, &staging],
+            )?
+            .line(
+                "if [ -n \"$(find {} -mindepth 1 ! -type l \\( -perm /7002 -o \\( ! -type f ! -type d \\) -o \\( -type f -links +1 \\) \\) -print | head -n 1)\" ]; then rm -rf {}; printf '%s\\n' {} >&2; exit 65; fi",
+                [&staging, &staging, &odd],
+            )?;
         unpack = link_shared(unpack, &staging, stage.shared_dirs, stage.shared_files)?;
         unpack = unpack
             .line(
                 "if [ -e {} ]; then if [ \"$(readlink current || true)\" = {} ]; then printf '%s\\n' {} >&2; exit 1; fi; rm -rf {}; fi",
                 [&release, &release, &live, &release],
             )?
-            .line("printf '%s\\n' {} > {}/.slipway-artifact", [stage.sha256, &staging])?
+            .then(&write_nofollow(&staging, ".slipway-artifact", stage.sha256)?)
             .cmd(["mv", &staging, &release])?;
         self.verified_unless_staged(stage, "artifact", &incoming, &unpack)
     }
@@ -182,10 +206,11 @@ impl Layout {
             install = install.line("sudo -n chown -R \"$(id -u):$(id -g)\" -- {}", [&release])?;
         }
         install = link_shared(install, &release, stage.shared_dirs, stage.shared_files)?;
-        install = install.line(
-            "printf '%s\\n' {} > {}/.slipway-artifact",
-            [stage.sha256, &release],
-        )?;
+        install = install.then(&write_nofollow(
+            &release,
+            ".slipway-artifact",
+            stage.sha256,
+        )?);
         self.verified_unless_staged(stage, "package", &incoming, &install)
     }
 
@@ -217,10 +242,15 @@ impl Layout {
         let mut text = script.as_str().to_owned();
         text.push_str(&indent(body.as_str()));
         text.push_str("fi\n");
+        // The env file holds secrets: written to a fresh name mktemp
+        // creates (O_EXCL, mode 0600) inside the release, then renamed over
+        // whatever `.slipway.env` is, so it is never written through a link.
+        let template = format!("{release}/.slipway.env.XXXXXX");
+        let env_file = format!("{release}/.slipway.env");
         Script::from_trusted(text)
             .line(
-                "(umask 077; cat > {}/.slipway.env.new) && mv -f {}/.slipway.env.new {}/.slipway.env",
-                [&release, &release, &release],
+                "(umask 077; t=$(mktemp {}); if cat > \"$t\" && mv -f -T \"$t\" {}; then :; else rm -f \"$t\"; exit 1; fi)",
+                [&template, &env_file],
             )?
             .cmd(["rm", "-f", incoming])
     }
@@ -438,6 +468,9 @@ pub struct NginxUnsafe(pub String);
 pub struct Stage<'a> {
     pub release: &'a str,
     pub sha256: &'a str,
+    /// Length of the tar stream inside the uploaded `.tar.gz` (as slipway
+    /// wrote it); unpacking reads no more. Unused for a package.
+    pub tar_size: u64,
     pub shared_dirs: &'a [String],
     pub shared_files: &'a [String],
     /// Install with dpkg instead of unpacking a tarball.
@@ -495,6 +528,17 @@ impl Dpkg {
     }
 }
 
+/// Writes `content` and a newline to `dir/name` without following any link
+/// there: into a fresh mktemp file in `dir`, renamed over `name`.
+fn write_nofollow(dir: &str, name: &str, content: &str) -> Result<Script, Unquotable> {
+    let template = format!("{dir}/{name}.XXXXXX");
+    let dest = format!("{dir}/{name}");
+    Script::new().line(
+        "t=$(mktemp {}); printf '%s\\n' {} > \"$t\"; chmod 644 \"$t\"; mv -f -T \"$t\" {}",
+        [&template, content, &dest],
+    )
+}
+
 /// Links each shared dir and file into the release being staged, with a
 /// relative link (`../../shared/x` from `releases/<id>/x`).
 fn link_shared(
@@ -549,7 +593,7 @@ const CHECK: &str = r#"printf 'user\t%s\n' "$(id -un)"
 if mkdir -p "$d" 2>/dev/null && touch "$d/.slipway-check.$$" 2>/dev/null; then rm -f "$d/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
-for t in sh tar gzip sha256sum readlink mv ln cp; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
+for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;
 
 /// Prints the host's state. Release ids are slipway's own (`[0-9A-Za-z-]`),
@@ -565,7 +609,168 @@ if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'rele
 
 #[cfg(test)]
 mod tests {
+    //! The staging script run for real: `sh`, GNU tar and coreutils on a
+    //! temporary deploy root, as a `local:` host runs it.
+
+    use std::io::Write as _;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
     use super::*;
+
+    /// A tar.gz of `files` (path, mode, content) made with GNU tar from a
+    /// real tree; returns its bytes and the length of its tar stream.
+    fn targz(files: &[(&str, u32, &str)]) -> (Vec<u8>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, mode, content) in files {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, content).unwrap();
+            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        let out = Command::new("tar")
+            .args(["-cf", "-", "-C"])
+            .arg(dir.path())
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&out.stdout).unwrap();
+        (gz.finish().unwrap(), out.stdout.len() as u64)
+    }
+
+    /// Uploads `bytes` as the incoming artifact and runs the staging script
+    /// with `tar_size`; returns the exit code and stderr.
+    fn stage(root: &Path, bytes: &[u8], tar_size: u64) -> (i32, String) {
+        let layout = Layout::new(root.to_str().unwrap().to_owned());
+        let sha256 = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(bytes))
+        };
+        std::fs::create_dir_all(root.join(".slipway/incoming")).unwrap();
+        std::fs::create_dir_all(root.join("releases")).unwrap();
+        std::fs::write(
+            root.join(format!(".slipway/incoming/{sha256}.tar.gz")),
+            bytes,
+        )
+        .unwrap();
+        let script = layout
+            .stage(&Stage {
+                release: "r1",
+                sha256: &sha256,
+                tar_size,
+                shared_dirs: &[],
+                shared_files: &[],
+                dpkg: None,
+            })
+            .unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"DB_PASSWORD=hunter2\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn a_stream_longer_than_slipway_wrote_is_not_unpacked() {
+        // The host-side bound: even bytes whose sha256 matched are unpacked
+        // only up to the tar length slipway recorded when it wrote them.
+        let root = tempfile::tempdir().unwrap();
+        let (bytes, len) = targz(&[("index.html", 0o644, "v1\n")]);
+        let (code, stderr) = stage(root.path(), &bytes, len - 1024);
+        assert_eq!(code, 65, "{stderr}");
+        assert!(stderr.contains("does not unpack to the"), "{stderr}");
+        assert!(!root.path().join("releases/r1").exists());
+
+        let (code, stderr) = stage(root.path(), &bytes, len);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("releases/r1/index.html")).unwrap(),
+            "v1\n"
+        );
+    }
+
+    #[test]
+    fn no_setuid_bits_world_writable_modes_or_special_files_survive_unpacking() {
+        // GNU tar, told not to keep permissions under umask 022, already
+        // drops setuid/setgid/sticky and world-write bits.
+        for mode in [0o4755, 0o2755, 0o1755, 0o666, 0o777] {
+            let root = tempfile::tempdir().unwrap();
+            let (bytes, len) = targz(&[("index.html", 0o644, "v1\n"), ("bad", mode, "x")]);
+            let (code, stderr) = stage(root.path(), &bytes, len);
+            assert_eq!(code, 0, "{stderr}");
+            let meta = std::fs::metadata(root.path().join("releases/r1/bad")).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o7022,
+                0,
+                "mode {mode:o} became {:o}",
+                meta.permissions().mode()
+            );
+        }
+        // What tar does create, the check after unpacking refuses: a fifo.
+        let root = tempfile::tempdir().unwrap();
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::write(tree.path().join("index.html"), "v1\n").unwrap();
+        let made = Command::new("mkfifo")
+            .arg(tree.path().join("pipe"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let out = Command::new("tar")
+            .args(["-cf", "-", "-C"])
+            .arg(tree.path())
+            .arg(".")
+            .output()
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&out.stdout).unwrap();
+        let (code, stderr) = stage(root.path(), &gz.finish().unwrap(), out.stdout.len() as u64);
+        assert_eq!(code, 65, "{stderr}");
+        assert!(stderr.contains("a hard link or a special file"), "{stderr}");
+        assert!(!root.path().join("releases/r1").exists());
+        assert!(!root.path().join("releases/.r1.staging").exists());
+    }
+
+    #[test]
+    fn the_env_file_is_never_written_through_a_link() {
+        // A release already staged (reused) whose env file is a symlink to
+        // a file outside: the secrets replace the link, the target stays.
+        let root = tempfile::tempdir().unwrap();
+        let (bytes, len) = targz(&[("index.html", 0o644, "v1\n")]);
+        assert_eq!(stage(root.path(), &bytes, len).0, 0);
+        let victim = root.path().join("victim.txt");
+        std::fs::write(&victim, "untouched\n").unwrap();
+        let env = root.path().join("releases/r1/.slipway.env");
+        std::fs::remove_file(&env).unwrap();
+        symlink(&victim, &env).unwrap();
+
+        let (code, stderr) = stage(root.path(), &bytes, len);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.is_empty() || !stderr.contains("hunter2"));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        let meta = std::fs::symlink_metadata(&env).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&env).unwrap(),
+            "DB_PASSWORD=hunter2\n"
+        );
+    }
 
     #[test]
     fn nginx_snippet_serves_the_public_dir_of_current() {

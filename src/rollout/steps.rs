@@ -43,6 +43,9 @@ pub struct Upload {
     pub path: PathBuf,
     pub sha256: String,
     pub size: u64,
+    /// Length of the tar stream inside a `.tar.gz` slipway wrote; hosts
+    /// unpack no more. 0 for a package.
+    pub tar_size: u64,
 }
 
 /// One rollout, ready to run.
@@ -181,6 +184,7 @@ pub async fn stage(
         let script = host.layout.stage(&Stage {
             release: &plan.release_id,
             sha256: &artifact.sha256,
+            tar_size: artifact.tar_size,
             shared_dirs: &plan.shared.dirs,
             shared_files: &plan.shared.files,
             dpkg: dpkg.as_ref(),

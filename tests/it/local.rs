@@ -361,7 +361,7 @@ fn an_artifact_entry_escaping_the_release_is_refused_before_any_host_is_touched(
 /// by byte (the `tar` crate refuses to build such a path).
 fn write_evil_tarball(path: &Path, commit: &str) {
     let manifest = format!(
-        r#"{{"app":"shop","commit":"{commit}","branch":"production","release_id":"x","format":"tar.gz","file_count":1,"content_sha256":"00","created":"2026-01-01T00:00:00Z"}}"#
+        r#"{{"app":"shop","commit":"{commit}","branch":"production","release_id":"x","format":"tar.gz","file_count":1,"content_sha256":"00","entry_count":1,"unpacked_size":5,"created":"2026-01-01T00:00:00Z"}}"#
     );
     let mut tar = Vec::new();
     for (name, data) in [

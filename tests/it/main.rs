@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod artifact_trust;
 mod bounds;
 mod ci;
 mod deb;

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod git_host;
 pub mod graphite;
+pub mod hostile_tar;
 pub mod nginx;
 pub mod releases;
 pub mod run;
