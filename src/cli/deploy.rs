@@ -149,7 +149,13 @@ pub async fn execute(
             ctx,
             path,
             &plan,
-            &loaded.config.artifact.trusted_keys,
+            // The owner's pinned keys, when there are any, are the only ones.
+            match &ctx.pins {
+                Some((pins, _)) if !pins.artifact.trusted_keys.is_empty() => {
+                    &pins.artifact.trusted_keys
+                }
+                _ => &loaded.config.artifact.trusted_keys,
+            },
             workdir.path(),
         )?,
         None => build_for(

@@ -51,7 +51,11 @@ pub fn pins(ctx: &Context, command: PinsCommand) -> anyhow::Result<u8> {
     let out = args.out.unwrap_or_else(|| ctx.repo.join(PIN_FILE));
     let mut pins = Pins::from_config(&config);
     if out.exists() {
-        pins.build = config::load_pins(&out)?.build;
+        let old = config::load_pins(&out)?;
+        pins.build = old.build;
+        if pins.artifact.trusted_keys.is_empty() {
+            pins.artifact = old.artifact;
+        }
     }
     let tmp = out.with_extension("toml.tmp");
     std::fs::write(&tmp, pins.to_toml())

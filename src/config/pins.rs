@@ -34,6 +34,11 @@ pub struct Pins {
     /// How pushed build steps run on this machine.
     #[serde(default)]
     pub build: BuildSettings,
+    /// `[artifact] trusted_keys`: when set, the only keys whose signature
+    /// makes `deploy --artifact` believe a file's commit; the deployed
+    /// commit's own list is then ignored.
+    #[serde(default)]
+    pub artifact: super::schema::ArtifactTrust,
     /// Environment name → what it is pinned to.
     #[serde(default)]
     pub environments: BTreeMap<String, Pin>,
@@ -127,6 +132,11 @@ pub fn parse_pins(text: &str, file: &Path) -> Result<Pins, ConfigError> {
             ));
         }
     }
+    for (i, key) in pins.artifact.trusted_keys.iter().enumerate() {
+        if let Err(why) = crate::artifact::parse_trusted_key(key) {
+            issues.push((root.key("artifact").key("trusted_keys").index(i), why));
+        }
+    }
     let mut branches: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, pin) in &pins.environments {
         let path = root.key("environments").key(name);
@@ -206,6 +216,7 @@ impl Pins {
             .collect();
         Self {
             build: BuildSettings::default(),
+            artifact: config.artifact.clone(),
             environments,
         }
     }

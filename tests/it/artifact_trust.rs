@@ -458,3 +458,75 @@ fn over_ssh_a_hostile_archive_is_refused_and_a_built_one_arrives_byte_for_byte()
         Some("v1\n")
     );
 }
+
+/// `trusted_keys` in the deployed commit can be changed by whoever pushes
+/// that config; the owner's pin file can say which keys count instead, and
+/// then the commit's own list is ignored.
+#[test]
+fn keys_pinned_by_the_owner_override_the_commits_own_list() {
+    let keys = tempfile::tempdir().unwrap();
+    let (owner, owner_pub) = keygen(keys.path(), "owner");
+    let (pusher, pusher_pub) = keygen(keys.path(), "pusher");
+    // The pushed config trusts the pusher's key.
+    let story = Story::new(&format!(
+        "\n[artifact]\ntrusted_keys = [\"{pusher_pub}\"]\n"
+    ));
+    let trusted = story.app.scratch("trusted").join("slipway.toml");
+    std::fs::write(
+        &trusted,
+        config(
+            &story.hosts.toml(),
+            &story.hosts.deploy_to,
+            &format!("\n[artifact]\ntrusted_keys = [\"{owner_pub}\"]\n"),
+        ),
+    )
+    .unwrap();
+    let pins = story.app.scratch("pins").join("pins.toml");
+    story
+        .app
+        .slipway(&[
+            "pins",
+            "write",
+            "--from",
+            trusted.to_str().unwrap(),
+            "--out",
+            pins.to_str().unwrap(),
+        ])
+        .success();
+    let out = story.app.scratch("out");
+    story
+        .app
+        .slipway(&[
+            "build",
+            "--out",
+            out.to_str().unwrap(),
+            "--sign",
+            pusher.to_str().unwrap(),
+        ])
+        .success();
+    let built = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let deploy = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend([
+            "deploy",
+            "production",
+            "--artifact",
+            built.to_str().unwrap(),
+        ]);
+        story.app.slipway_env(&args, &[("DB_PASSWORD", SECRET)])
+    };
+    // With the owner's pins, the pusher's key (trusted by the commit) does
+    // not count; only the owner's does.
+    story.assert_refused_untouched(
+        deploy(&["--pins", pins.to_str().unwrap()]),
+        "not in [artifact] trusted_keys",
+    );
+    sign_with(&owner, &built);
+    deploy(&["--pins", pins.to_str().unwrap()])
+        .success()
+        .contains("signature by owner");
+}
