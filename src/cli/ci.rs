@@ -102,7 +102,7 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         branch,
     };
     if !args.dry_run
-        && let Some(reason) = already_there(ctx, &loaded, &environment).await
+        && let Some(reason) = super::deploy::already_there(ctx, &loaded, &environment).await
     {
         if let Some(actions) = &actions {
             actions.set_output("environment", &environment);
@@ -130,6 +130,7 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         artifact: None,
         wait: None,
         branch: None,
+        force: false,
     };
     let opened = std::sync::atomic::AtomicBool::new(false);
     let stage = |name: &str| {
@@ -208,38 +209,6 @@ fn read_event(path: &str) -> anyhow::Result<String> {
         &format!("the event payload {path}"),
         "GITHUB_EVENT_PATH must name the event file GitHub Actions wrote for this job",
     )?)
-}
-
-/// Why there is nothing to deploy: the commit's release is already live on
-/// every host, or another run is rolling it out right now. One merge fires
-/// several events (a `pull_request` closed and a `push`), and a re-run job
-/// repeats one; each must not close the cluster again. `None` when the
-/// hosts cannot be read: the deploy then reports that properly.
-async fn already_there(ctx: &Context, loaded: &Loaded, environment: &str) -> Option<String> {
-    let env = loaded.config.environment(environment).ok()?;
-    let release = crate::plan::release_id(&loaded.commit);
-    let cluster = ctx.connect(env).await.ok()?;
-    let states = cluster.read_state().await.ok()?;
-    if !states.is_empty()
-        && states
-            .iter()
-            .all(|s| s.current.as_deref() == Some(release.as_str()))
-    {
-        return Some(format!(
-            "{release} is already live on {environment}; nothing to deploy"
-        ));
-    }
-    let in_progress = states.iter().find_map(|s| match (&s.lock, &s.journal) {
-        (Some(Ok(lock)), Some(Ok(journal))) if journal.release == release => {
-            Some(lock.deploy_id.clone())
-        }
-        _ => None,
-    });
-    in_progress.map(|deploy_id| {
-        format!(
-            "{release} is already being deployed to {environment} (deploy {deploy_id}); nothing to deploy"
-        )
-    })
 }
 
 fn skip(ctx: &Context, actions: Option<&Actions>, reason: &str) -> u8 {

@@ -180,7 +180,7 @@ impl Context {
                             .unwrap_or_default()
                     );
                 };
-                (repo.resolve(&branch)?, branch)
+                (self.branch_tip(&repo, &branch)?, branch)
             }
             None => {
                 // On a git server HEAD often names a branch nobody pushed;
@@ -194,7 +194,7 @@ impl Context {
                     Some(config) => config.environment(environment)?.branch.clone(),
                     None => environment.to_owned(),
                 };
-                (repo.resolve(&branch)?, branch)
+                (self.branch_tip(&repo, &branch)?, branch)
             }
         };
         let config = self.config_at(&repo, &commit)?;
@@ -222,6 +222,66 @@ impl Context {
             config,
             branch,
         })
+    }
+
+    /// The tip of `branch`: the local branch, or, in a clone that has only
+    /// the remote's (a teammate's fresh clone), `origin/<branch>`, saying so.
+    fn branch_tip(&self, repo: &Repo, branch: &str) -> anyhow::Result<Commit> {
+        if let Ok(commit) = repo.resolve(&format!("refs/heads/{branch}")) {
+            return Ok(commit);
+        }
+        if let Ok(commit) = repo.resolve(&format!("refs/remotes/origin/{branch}")) {
+            self.out.info(&format!(
+                "no local branch `{branch}`: deploying origin/{branch} ({})",
+                commit.short
+            ));
+            return Ok(commit);
+        }
+        bail!(
+            "there is no branch `{branch}` here, nor `origin/{branch}`; run `git fetch origin {branch}`, or name a commit with --ref"
+        )
+    }
+
+    /// Refuses to deploy a local branch that is behind (or has diverged
+    /// from) its upstream: that would put an older commit live, a rollback
+    /// nobody asked for.
+    pub fn refuse_if_behind_upstream(&self, loaded: &Loaded) -> anyhow::Result<()> {
+        let local = format!("refs/heads/{}", loaded.branch);
+        if loaded.repo.resolve(&local).map(|c| c.id).ok().as_deref() != Some(&loaded.commit.id) {
+            return Ok(());
+        }
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&self.repo)
+                .args(args)
+                .output()
+        };
+        let upstream = git(&["for-each-ref", "--format=%(upstream)", &local])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        if upstream.is_empty() {
+            return Ok(());
+        }
+        let Ok(theirs) = loaded.repo.resolve(&upstream) else {
+            return Ok(());
+        };
+        if theirs.id == loaded.commit.id {
+            return Ok(());
+        }
+        let contains = git(&["merge-base", "--is-ancestor", &theirs.id, &loaded.commit.id])
+            .is_ok_and(|o| o.status.success());
+        if contains {
+            return Ok(());
+        }
+        let short = upstream.strip_prefix("refs/remotes/").unwrap_or(&upstream);
+        bail!(
+            "your local `{branch}` ({}) is behind {short} ({}): deploying it would put an older commit live. \
+             Run `git pull --ff-only` (or `git merge --ff-only {short}`) first, or pass --force to deploy the local commit anyway",
+            loaded.commit.short,
+            theirs.short,
+            branch = loaded.branch,
+        )
     }
 
     /// Connects to every host of `env`; nothing is touched if one fails.

@@ -49,6 +49,7 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
         artifact: None,
         wait: None,
         branch: None,
+        force: false,
     };
 
     ctx.out

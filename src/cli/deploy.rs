@@ -41,6 +41,10 @@ pub struct DeployArgs {
     /// The branch being deployed, when --ref is a commit id (set by hooks).
     #[arg(long, hide = true)]
     pub branch: Option<String>,
+    /// Deploy even when the release is already live, or the local branch is
+    /// behind its upstream.
+    #[arg(long, env = "SLIPWAY_FORCE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +95,55 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
     if let Some(branch) = &args.branch {
         loaded.branch.clone_from(branch);
     }
+    if args.git_ref.is_none() && !args.force {
+        ctx.refuse_if_behind_upstream(&loaded)?;
+    }
+    if !args.force
+        && !args.dry_run
+        && let Some(reason) = already_there(ctx, &loaded, &args.environment).await
+    {
+        ctx.out
+            .result(&format!("{reason} (--force deploys it again)"));
+        return Ok(exit::OK);
+    }
     deploy_loaded(ctx, &loaded, &args).await
+}
+
+/// Why there is nothing to deploy: the commit's release is already live on
+/// every host, or another run is rolling it out right now. One merge fires
+/// several events (a `pull_request` closed and a `push`), a re-run job
+/// repeats one, and an operator may run the same deploy twice; none of them
+/// must close the cluster again. `None` when the hosts cannot be read: the
+/// deploy then reports that properly.
+pub(super) async fn already_there(
+    ctx: &Context,
+    loaded: &Loaded,
+    environment: &str,
+) -> Option<String> {
+    let env = loaded.config.environment(environment).ok()?;
+    let release = crate::plan::release_id(&loaded.commit);
+    let cluster = ctx.connect(env).await.ok()?;
+    let states = cluster.read_state().await.ok()?;
+    if !states.is_empty()
+        && states
+            .iter()
+            .all(|s| s.current.as_deref() == Some(release.as_str()))
+    {
+        return Some(format!(
+            "{release} is already live on {environment}; nothing to deploy"
+        ));
+    }
+    let in_progress = states.iter().find_map(|s| match (&s.lock, &s.journal) {
+        (Some(Ok(lock)), Some(Ok(journal))) if journal.release == release => {
+            Some(lock.deploy_id.clone())
+        }
+        _ => None,
+    });
+    in_progress.map(|deploy_id| {
+        format!(
+            "{release} is already being deployed to {environment} (deploy {deploy_id}); nothing to deploy"
+        )
+    })
 }
 
 /// Deploys an already loaded commit; the hooks and the demo come here too.

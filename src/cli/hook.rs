@@ -153,6 +153,7 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
             artifact: None,
             wait: Some(PUSH_LOCK_WAIT),
             branch: Some(branch.clone()),
+            force: false,
         };
         if args.detach && !deploy_args.dry_run {
             let log = detach(ctx, &deploy_args)?;

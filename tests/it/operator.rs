@@ -25,3 +25,74 @@ fn slipway_finds_the_repository_from_a_subfolder() {
     run(slipway(&sub), &["deploy", "production"]).success();
     assert!(hosts.current(0).is_some(), "deployed from web/");
 }
+
+fn config(hosts: &LocalHosts) -> String {
+    format!(
+        "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n",
+        hosts.toml(),
+        hosts.deploy_to
+    )
+}
+
+/// A teammate's fresh clone has `origin/production` but no local
+/// `production`: slipway used to fail with "Reference not found". With a
+/// local `production` behind `origin/production`, it silently deployed the
+/// older commit, rolling production back.
+#[test]
+fn a_fresh_clone_deploys_origin_production_and_a_stale_local_branch_is_refused() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 1);
+    app.commit("Configure", &[("slipway.toml", &config(&hosts))]);
+    let v2 = app.commit("v2", &[("index.html", "v2\n")]);
+    let clone = app.scratch("clone");
+    let status = std::process::Command::new("git")
+        .args(["clone", "-q", "-b", "main"])
+        .arg(app.path())
+        .arg(&clone)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    run(slipway(&clone), &["deploy", "production"])
+        .success()
+        .contains("no local branch `production`: deploying origin/production");
+    let live = hosts.read(0, "current/index.html");
+    assert_eq!(live.as_deref(), Some("v2\n"));
+
+    // A local production one commit behind origin/production.
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(&clone)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["branch", "--track", "production", "origin/production"]);
+    git(&["branch", "-f", "production", &format!("{v2}~1")]);
+    run(slipway(&clone), &["deploy", "production"])
+        .failure(1)
+        .contains("is behind origin/production")
+        .contains("git pull --ff-only");
+    assert_eq!(hosts.read(0, "current/index.html").as_deref(), Some("v2\n"));
+    run(slipway(&clone), &["deploy", "production", "--force"]).success();
+    assert_eq!(hosts.read(0, "current/index.html").as_deref(), Some("v1\n"));
+}
+
+/// Deploying the release that is already live used to close the cluster
+/// and rerun the hook. Now it is a no-op that says so, unless --force.
+#[test]
+fn deploying_the_live_release_again_is_a_no_op_unless_forced() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 2);
+    app.commit("Configure", &[("slipway.toml", &config(&hosts))]);
+    app.slipway(&["deploy", "production"]).success();
+    assert_eq!(hosts.history(0).len(), 1);
+    app.slipway(&["deploy", "production"])
+        .success()
+        .contains("is already live on production; nothing to deploy")
+        .lacks("switch");
+    assert_eq!(hosts.history(0).len(), 1, "nothing recorded");
+    app.slipway(&["deploy", "production", "--force"]).success();
+    assert_eq!(hosts.history(0).len(), 2);
+}
