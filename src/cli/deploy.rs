@@ -124,10 +124,14 @@ pub(super) async fn already_there(
     let release = crate::plan::release_id(&loaded.commit);
     let cluster = ctx.connect(env).await.ok()?;
     let states = cluster.read_state().await.ok()?;
+    // Live everywhere, with nothing interrupted or running: an interrupted
+    // rollout must still block (and be recovered), never be skipped.
     if !states.is_empty()
-        && states
-            .iter()
-            .all(|s| s.current.as_deref() == Some(release.as_str()))
+        && states.iter().all(|s| {
+            s.current.as_deref() == Some(release.as_str())
+                && s.journal.is_none()
+                && s.lock.is_none()
+        })
     {
         return Some(format!(
             "{release} is already live on {environment}; nothing to deploy"

@@ -296,6 +296,8 @@ fn an_endless_answer_from_the_github_api_is_a_warning_and_the_deploy_goes_on() {
         ("GITHUB_SERVER_URL", "https://github.com"),
         ("GITHUB_RUN_ID", "1"),
         ("SLIPWAY_GITHUB_TOKEN", "ghs_StandInTokenForTheEndlessApi"),
+        // The job's `environment: production`, as the action passes it.
+        ("SLIPWAY_ENVIRONMENT", "production"),
     ];
 
     let run = measured(app.path(), &["ci"], &env, None);
