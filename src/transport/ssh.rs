@@ -30,6 +30,8 @@ use ssh2_config::SshConfig;
 
 use super::{ConnectOptions, Exit, HostSpec, Script, Tail, Transport, TransportError, quote};
 use config::Target;
+pub use config::home;
+pub use known_hosts::{host_pattern, path as known_hosts_path};
 use exec::{Limits, Stop};
 
 /// One SSH host, connected.
@@ -38,6 +40,8 @@ pub struct Ssh {
     route: Route,
     /// The session; `None` after a failure, until the next command reconnects.
     conn: Mutex<Option<Conn>>,
+    /// Why this transport was chosen, for `slipway check`.
+    why: String,
 }
 
 /// An authenticated session in non-blocking mode, and a handle on its socket
@@ -69,6 +73,7 @@ impl Ssh {
         host: &str,
         port: Option<u16>,
         options: &ConnectOptions,
+        why: String,
     ) -> Result<Self, TransportError> {
         let fail = |reason: String| TransportError::Connect {
             host: spec.to_owned(),
@@ -93,6 +98,7 @@ impl Ssh {
             spec: spec.to_owned(),
             route,
             conn: Mutex::new(Some(conn)),
+            why,
         })
     }
 }
@@ -260,6 +266,13 @@ impl Transport for Ssh {
 
     fn resolve(&self, path: &str) -> String {
         path.to_owned()
+    }
+
+    fn describe(&self) -> String {
+        match &self.route.via {
+            Some(bastion) => format!("libssh2 ({}), via {}", self.why, bastion.label),
+            None => format!("libssh2 ({})", self.why),
+        }
     }
 
     fn exec(
