@@ -442,7 +442,10 @@ impl SshChoice {
             Self::OpenSsh => (true, "ssh = openssh".to_owned()),
             Self::Libssh2 => (false, "ssh = libssh2".to_owned()),
             Self::Auto => match openssh::find_ssh() {
-                Some(path) => (true, format!("ssh = auto, and {} is installed", path.display())),
+                Some(path) => (
+                    true,
+                    format!("ssh = auto, and {} is installed", path.display()),
+                ),
                 None => (false, "ssh = auto, and no `ssh` is on PATH".to_owned()),
             },
         }

@@ -116,10 +116,11 @@ impl OpenSsh {
             destination.extend(["-J".into(), jump.into()]);
         }
         destination.extend(["--".into(), host.into()]);
-        let resolved = resolve(&control, &destination).map_err(|reason| TransportError::Connect {
-            host: spec.to_owned(),
-            reason,
-        })?;
+        let resolved =
+            resolve(&control, &destination).map_err(|reason| TransportError::Connect {
+                host: spec.to_owned(),
+                reason,
+            })?;
         let this = Self {
             spec: spec.to_owned(),
             destination,
@@ -364,7 +365,10 @@ impl Transport for OpenSsh {
                 while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
                     let text = line.strip_suffix(b"\n").unwrap_or(&line);
                     let text = text.strip_suffix(b"\r").unwrap_or(text);
-                    if lines.send(String::from_utf8_lossy(text).into_owned()).is_err() {
+                    if lines
+                        .send(String::from_utf8_lossy(text).into_owned())
+                        .is_err()
+                    {
                         break;
                     }
                     line.clear();

@@ -31,8 +31,8 @@ use ssh2_config::SshConfig;
 use super::{ConnectOptions, Exit, HostSpec, Script, Tail, Transport, TransportError, quote};
 use config::Target;
 pub use config::home;
-pub use known_hosts::{host_pattern, path as known_hosts_path};
 use exec::{Limits, Stop};
+pub use known_hosts::{host_pattern, path as known_hosts_path};
 
 /// One SSH host, connected.
 pub struct Ssh {
@@ -226,6 +226,7 @@ fn handshake(
     for direction in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = session.method_pref(direction, CIPHERS);
     }
+    known_hosts::prefer_known_types(&session, &target.host, target.port, known_hosts);
     session.set_blocking(true);
     session.set_timeout(millis(options.connect_timeout));
     session.handshake().map_err(|e| {

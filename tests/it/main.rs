@@ -10,4 +10,5 @@ mod hooks;
 mod local;
 mod notify;
 mod ssh;
+mod ssh_setups;
 mod strategies;

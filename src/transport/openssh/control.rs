@@ -69,7 +69,12 @@ impl ControlDir {
         let dir = tempfile::Builder::new()
             .prefix("slipway-ssh-")
             .tempdir_in(&base)
-            .map_err(|e| format!("cannot create a private directory in {}: {e}", base.display()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot create a private directory in {}: {e}",
+                    base.display()
+                )
+            })?;
         let config = dir.path().join("ssh_config");
         let text = config_text(options, dir.path())?;
         std::fs::write(&config, text)
@@ -134,7 +139,10 @@ impl Drop for ControlDir {
                 let program = super::find_ssh().unwrap_or_else(|| PathBuf::from("ssh"));
                 Command::new(program)
                     .args(["-F", "/dev/null", "-o"])
-                    .arg(format!("ControlPath={}", escape_percent(&socket.to_string_lossy())))
+                    .arg(format!(
+                        "ControlPath={}",
+                        escape_percent(&socket.to_string_lossy())
+                    ))
                     .args(["-O", "exit", "slipway-master"])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -165,8 +173,9 @@ fn config_text(options: &ConnectOptions, dir: &Path) -> Result<String, String> {
     if let Some(known) = &options.known_hosts {
         let _ = writeln!(text, "UserKnownHostsFile {}", value(known, true)?);
     }
-    for identity in &options.identity_files {
-        let _ = writeln!(text, "IdentityFile {}", value(identity, true)?);
+    for (n, identity) in options.identity_files.iter().enumerate() {
+        let usable = normalised(identity, dir, n)?;
+        let _ = writeln!(text, "IdentityFile {}", value(&usable, true)?);
     }
     let _ = writeln!(
         text,
@@ -198,12 +207,55 @@ fn config_text(options: &ConnectOptions, dir: &Path) -> Result<String, String> {
     Ok(text)
 }
 
+/// `file`, or a copy in `dir` with CRLF turned to LF and a final newline
+/// when it has neither (a key pasted through Windows or a CI secret
+/// store), which OpenSSH refuses to parse. Its `.pub` and `-cert.pub`
+/// companions are copied beside it so certificates keep working.
+fn normalised(file: &Path, dir: &Path, n: usize) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(raw) = std::fs::read(file) else {
+        // Missing or unreadable: ssh says so when it tries it.
+        return Ok(file.to_path_buf());
+    };
+    if !raw.contains(&b'\r') && raw.ends_with(b"\n") {
+        return Ok(file.to_path_buf());
+    }
+    let fix = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes)
+            .replace("\r\n", "\n")
+            .replace('\r', "\n");
+        format!("{}\n", text.trim_end())
+    };
+    let copy = dir.join(format!("identity-{n}"));
+    let write = |path: &Path, bytes: &[u8]| {
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, fix(bytes).as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(&copy, &raw)?;
+    for suffix in [".pub", "-cert.pub"] {
+        let mut companion = file.as_os_str().to_owned();
+        companion.push(suffix);
+        if let Ok(bytes) = std::fs::read(&companion) {
+            write(&dir.join(format!("identity-{n}{suffix}")), &bytes)?;
+        }
+    }
+    Ok(copy)
+}
+
 /// A path as one ssh_config value: double-quoted, `%` doubled where ssh
 /// expands tokens.
 fn value(path: &Path, escape_tokens: bool) -> Result<String, String> {
-    let text = path
-        .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8, which ssh_config cannot hold", path.display()))?;
+    let text = path.to_str().ok_or_else(|| {
+        format!(
+            "{} is not UTF-8, which ssh_config cannot hold",
+            path.display()
+        )
+    })?;
     if text.contains(['"', '\n', '\r']) {
         return Err(format!(
             "{} contains a quote or a line break, which ssh_config cannot hold",
@@ -237,9 +289,15 @@ mod tests {
         let strict = text.find("StrictHostKeyChecking yes").unwrap();
         let include = text.find("Include ~/.ssh/config").unwrap();
         assert!(strict < include, "{text}");
-        assert!(text.contains("UserKnownHostsFile \"/k/known hosts\""), "{text}");
+        assert!(
+            text.contains("UserKnownHostsFile \"/k/known hosts\""),
+            "{text}"
+        );
         assert!(text.contains("IdentityFile \"/k/100%%key\""), "{text}");
-        assert!(text.contains("ControlPath \"/tmp/slipway-ssh-x/%C\""), "{text}");
+        assert!(
+            text.contains("ControlPath \"/tmp/slipway-ssh-x/%C\""),
+            "{text}"
+        );
         assert!(text.contains("BatchMode yes"));
         let learning = ConnectOptions {
             accept_new_host_keys: true,

@@ -99,7 +99,10 @@ pub fn classify(f: &Failing, stderr: &str) -> TransportError {
         return TransportError::Auth {
             host: f.label.to_owned(),
             login: f.resolved.login(),
-            tried: format!("{} and their certificates; ssh said: {said}", tried.join(", ")),
+            tried: format!(
+                "{} and their certificates; ssh said: {said}",
+                tried.join(", ")
+            ),
         };
     }
     let said = if lines.is_empty() {
@@ -166,7 +169,9 @@ fn probe(f: &Failing) -> Result<(String, String), String> {
         "UserKnownHostsFile \"{}\"\nGlobalKnownHostsFile /dev/null\nStrictHostKeyChecking accept-new\nHashKnownHosts no\nControlMaster no\nPubkeyAuthentication no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nHostbasedAuthentication no\nGSSAPIAuthentication no\n",
         scratch.display()
     );
-    let config = f.control.probe_config(&format!("probe-{n}_config"), &settings)?;
+    let config = f
+        .control
+        .probe_config(&format!("probe-{n}_config"), &settings)?;
     let out = f
         .control
         .ssh_with(&config)
