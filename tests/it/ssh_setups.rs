@@ -481,7 +481,7 @@ fn a_proxy_command_carries_the_connection() {
 fn port_and_user_from_host_star_are_used() {
     let user = Keys::generate();
     let server = plain(&[&user.public]);
-    let site = Site::new(&[server.ip.clone()]);
+    let site = Site::new(std::slice::from_ref(&server.ip));
     site.know(&[server.known_hosts_line()]);
     let config = site.write(
         "ssh_config",

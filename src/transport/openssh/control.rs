@@ -22,6 +22,9 @@ use crate::transport::ConnectOptions;
 /// itself. A master that went away is reopened by the next command.
 pub const PERSIST: &str = "10m";
 
+/// The live directories, by the options they were written for.
+type Shared = Vec<(String, Weak<ControlDir>)>;
+
 /// The directory, its ssh_config and its control sockets.
 pub struct ControlDir {
     dir: tempfile::TempDir,
@@ -38,7 +41,7 @@ impl ControlDir {
     /// When the directory or its config cannot be written, or a path cannot
     /// be written in ssh_config.
     pub fn shared(options: &ConnectOptions) -> Result<Arc<Self>, String> {
-        static DIRS: OnceLock<Mutex<Vec<(String, Weak<ControlDir>)>>> = OnceLock::new();
+        static DIRS: OnceLock<Mutex<Shared>> = OnceLock::new();
         let key = format!("{options:?}");
         let mut dirs = DIRS
             .get_or_init(Mutex::default)
