@@ -418,11 +418,22 @@ fn a_two_hop_proxy_jump_reaches_the_host() {
             key_str(&user.private),
         ],
     )
-    .contains(&format!(
-        "via {} then {}",
-        first.spec("root"),
-        second.spec("root")
-    ));
+    .contains(&format!("via {} then ", first.spec("root")))
+    .contains(&format!("{}]:{}", second.ip, second.port));
+    // libssh2 takes one hop and says which transport takes more.
+    site.slipway(
+        "libssh2",
+        &[
+            "check",
+            "production",
+            "--ssh-config",
+            key_str(&config),
+            "--identity",
+            key_str(&user.private),
+        ],
+    )
+    .failure(4)
+    .contains("--ssh openssh");
     // The traffic really goes through both hops: without the first, no way in.
     drop(first);
     site.slipway(
@@ -474,6 +485,21 @@ fn a_proxy_command_carries_the_connection() {
         ],
     )
     .contains("via its ProxyCommand");
+    // libssh2 cannot run it, and says so instead of ignoring it.
+    site.slipway(
+        "libssh2",
+        &[
+            "check",
+            "production",
+            "--ssh-config",
+            key_str(&config),
+            "--identity",
+            key_str(&user.private),
+        ],
+    )
+    .failure(4)
+    .contains("ProxyCommand")
+    .contains("--ssh openssh");
 }
 
 // Row: `Port`/`User` from `Host *` (both transports).

@@ -218,6 +218,83 @@ fn between(line: &str, start: &str, end: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::ConnectOptions;
+
+    fn classified(stderr: &str) -> TransportError {
+        let control = ControlDir::shared(&ConnectOptions {
+            known_hosts: Some("/k/known_hosts".into()),
+            ..ConnectOptions::default()
+        })
+        .unwrap();
+        let resolved = Resolved {
+            hostname: "10.0.0.5".into(),
+            port: 2222,
+            user: "deploy".into(),
+            identities: vec!["/k/id_ed25519".into()],
+            ..Resolved::default()
+        };
+        classify(
+            &Failing {
+                label: "web1",
+                resolved: &resolved,
+                control: &control,
+                destination: &[],
+            },
+            stderr,
+        )
+    }
+
+    #[test]
+    fn a_changed_key_names_the_entry_and_fingerprint() {
+        let e = classified(
+            "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n\
+             @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\n\
+             The fingerprint for the ED25519 key sent by the remote host is\r\n\
+             SHA256:abcDEF123.\r\n\
+             Offending ED25519 key in /k/known_hosts:3\r\n\
+             Host key for [10.0.0.5]:2222 has changed and you have requested strict checking.\r\n\
+             Host key verification failed.\r\n",
+        );
+        let TransportError::ChangedHostKey {
+            host,
+            name,
+            fingerprint,
+            known_hosts,
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(host, "web1");
+        assert_eq!(name, "[10.0.0.5]:2222");
+        assert_eq!(fingerprint, "SHA256:abcDEF123");
+        assert_eq!(known_hosts, PathBuf::from("/k/known_hosts"));
+    }
+
+    #[test]
+    fn refusals_and_connection_failures_keep_ssh_words() {
+        let e = classified(
+            "The ED25519 host key for [10.0.0.5]:2222 is marked as revoked.\nHost key verification failed.\n",
+        );
+        assert!(matches!(e, TransportError::RevokedHostKey { .. }), "{e:?}");
+        let e = classified("deploy@10.0.0.5: Permission denied (publickey).\n");
+        let text = e.to_string();
+        assert!(matches!(e, TransportError::Auth { .. }), "{e:?}");
+        assert!(
+            text.contains("deploy@10.0.0.5:2222") && text.contains("/k/id_ed25519"),
+            "{text}"
+        );
+        let e = classified("ssh: connect to host 10.0.0.5 port 2222: Connection refused\n");
+        let text = e.to_string();
+        assert!(
+            text.contains("Connection refused") && text.contains("sshd runs"),
+            "{text}"
+        );
+        let e = classified(
+            "Certificate invalid: name is not a listed principal\nHost key verification failed.\n",
+        );
+        assert!(matches!(e, TransportError::HostKeyRefused { .. }), "{e:?}");
+        assert!(e.to_string().contains("not a listed principal"));
+    }
 
     #[test]
     fn between_finds_the_host() {
