@@ -340,10 +340,7 @@ impl Transport for OpenSsh {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| TransportError::Spawn {
-                host: self.spec.clone(),
-                source,
-            })?;
+            .map_err(|source| self.spawn_error(source))?;
         let mut tail = Tail::default();
         let outcome = std::thread::scope(|scope| {
             let child_stdin = child.stdin.take();

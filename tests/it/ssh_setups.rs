@@ -69,7 +69,10 @@ impl Site {
     /// `slipway <args> --ssh <ssh> --known-hosts …`.
     fn slipway(&self, ssh: &str, args: &[&str]) -> Run {
         let mut cmd = slipway(self.app.path());
+        // A TMPDIR of its own, to see that slipway leaves nothing there.
+        std::fs::create_dir_all(self.path("tmp")).expect("tmp");
         cmd.env("HOME", self.path("home"))
+            .env("TMPDIR", self.path("tmp"))
             .env_remove("SSH_AUTH_SOCK");
         if let Some(agent) = &self.agent {
             cmd.env("SSH_AUTH_SOCK", &agent.socket);
@@ -78,6 +81,35 @@ impl Site {
         let mut all = args.to_vec();
         all.extend(["--ssh", ssh, "--known-hosts", known]);
         run(cmd, &all)
+    }
+
+    /// Once slipway has exited: its private directory is gone and no
+    /// master connection (`ssh: <control path> [mux]`) is left running.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        let tmp = self.path("tmp");
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+        let needle = tmp.to_string_lossy().into_owned();
+        let running = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&needle))
+                .collect()
+        };
+        // `ssh -O exit` is answered just before the master exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !running().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let masters = running();
+        assert!(masters.is_empty(), "still running: {masters:?}");
     }
 
     /// `slipway check production` succeeded, over the transport expected.
@@ -420,6 +452,7 @@ fn a_two_hop_proxy_jump_reaches_the_host() {
     )
     .contains(&format!("via {} then ", first.spec("root")))
     .contains(&format!("{}]:{}", second.ip, second.port));
+    site.assert_nothing_left();
     // libssh2 takes one hop and says which transport takes more.
     site.slipway(
         "libssh2",
@@ -630,4 +663,5 @@ fn thirty_hosts_behind_one_jump_host_use_one_connection_to_it() {
     );
     let logins = jump.log().matches("Accepted publickey").count();
     assert_eq!(logins, 1, "one login on the jump host:\n{}", jump.log());
+    site.assert_nothing_left();
 }

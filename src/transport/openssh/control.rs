@@ -313,4 +313,20 @@ mod tests {
         );
         assert!(value(Path::new("/a\"b"), true).is_err());
     }
+
+    #[test]
+    fn the_directory_is_private_and_shared_by_equal_options() {
+        use std::os::unix::fs::PermissionsExt;
+        let options = ConnectOptions {
+            known_hosts: Some("/k/private-test".into()),
+            ..ConnectOptions::default()
+        };
+        let dir = ControlDir::shared(&options).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(Arc::ptr_eq(&dir, &ControlDir::shared(&options).unwrap()));
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists(), "removed with the last transport");
+    }
 }
