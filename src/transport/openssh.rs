@@ -162,9 +162,10 @@ impl OpenSsh {
         ))
     }
 
-    /// Opens the master of the last jump hop `last` (reached through
-    /// `before`), once per process, so every host behind it shares one
-    /// connection to it. Errors name the jump host.
+    /// Makes sure the last jump hop `last` (reached through `before`) has its
+    /// master before this host connects: the first host opens it, the others
+    /// reuse it, so every host behind it shares one connection to it.
+    /// Errors name the jump host.
     fn open_jump(&self, last: &str, before: &[String]) -> Result<(), TransportError> {
         static OPENING: Mutex<()> = Mutex::new(());
         // Held while connecting: hosts behind this jump host wait for its
@@ -219,11 +220,6 @@ impl OpenSsh {
                 "cannot run the OpenSSH client `ssh`: {source}; install it (apt-get install openssh-client) or choose --ssh libssh2"
             ),
         }
-    }
-
-    /// What `ssh -G` resolved, for `slipway check`.
-    pub fn resolved(&self) -> &Resolved {
-        &self.resolved
     }
 }
 
