@@ -69,8 +69,11 @@ impl ControlDir {
         } else {
             base
         };
+        // 0700 from the start: whoever reaches a control socket can use
+        // the master's login.
         let dir = tempfile::Builder::new()
             .prefix("slipway-ssh-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&base)
             .map_err(|e| {
                 format!(
