@@ -54,6 +54,7 @@ impl Context {
             repo: cli.repo.clone(),
             config_path: cli.config.clone(),
             connect: ConnectOptions {
+                ssh: cli.ssh,
                 known_hosts: cli.known_hosts.clone(),
                 accept_new_host_keys: cli.accept_new_host_keys,
                 identity_files: cli.identities.clone(),

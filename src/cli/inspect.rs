@@ -234,9 +234,9 @@ fn check_one(
     };
     let mut problems = Vec::new();
     let mut facts = vec![if spec.starts_with("local:") {
-        "local folder".to_owned()
+        transport.describe()
     } else {
-        "host key verified".to_owned()
+        format!("host key verified, {}", transport.describe())
     }];
     for line in output.lines() {
         let fields: Vec<&str> = line.split('\t').collect();

@@ -90,6 +90,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLIPWAY_SSH_CONFIG")]
     pub ssh_config: Option<PathBuf>,
 
+    /// Which SSH client reaches SSH hosts: `openssh` (the system `ssh`, so
+    /// everything ssh_config and known_hosts can say works as for `ssh`),
+    /// `libssh2` (built in), or `auto`: openssh when `ssh` is installed.
+    #[arg(long, global = true, env = "SLIPWAY_SSH", default_value = "auto")]
+    pub ssh: crate::transport::SshChoice,
+
     /// Reach every host through this jump host ([user@]host[:port] or alias).
     #[arg(long, global = true, env = "SLIPWAY_JUMP")]
     pub jump: Option<String>,

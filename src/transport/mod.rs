@@ -8,6 +8,7 @@
 //! names the host, the step and the tail of the output.
 
 pub mod local;
+pub mod openssh;
 pub mod quote;
 pub mod ssh;
 
@@ -107,6 +108,33 @@ pub enum TransportError {
         known_hosts: PathBuf,
     },
     #[error(
+        "refusing to connect to {host}: its host key is marked @revoked in {} ({detail}). A revoked key is never accepted, --accept-new-host-keys included; the host's administrator must give it a new host key",
+        .known_hosts.display()
+    )]
+    RevokedHostKey {
+        host: String,
+        detail: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "refusing to connect to {host}: ssh did not accept its host key (checked against {}): {detail}",
+        .known_hosts.display()
+    )]
+    HostKeyRefused {
+        host: String,
+        detail: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "cannot connect to {host}: it offers a host certificate ({fingerprint}) and {} trusts host certificates from a @cert-authority line, but the libssh2 transport cannot verify certificates; use the OpenSSH transport (--ssh openssh, or SLIPWAY_SSH=openssh), which does. The certificate was not learnt",
+        .known_hosts.display()
+    )]
+    HostCertificate {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
         "cannot log in to {host}: no key was accepted for {login} (tried: {tried}); add the deploy key to that user's authorized_keys, load it into ssh-agent, or pass --identity"
     )]
     Auth {
@@ -155,6 +183,12 @@ fn tail_text(tail: &str) -> String {
 pub trait Transport: Send + Sync {
     /// The name used in output and errors, as written in the config.
     fn host(&self) -> &str;
+
+    /// How this host is reached, for `slipway check` (e.g. which SSH
+    /// transport and why).
+    fn describe(&self) -> String {
+        "local folder".to_owned()
+    }
 
     /// Maps an absolute server path (`deploy_to`) to where it lives for this
     /// transport. SSH hosts use it as is; a `local:` host resolves it inside
@@ -403,9 +437,58 @@ impl HostSpec {
     }
 }
 
+/// Which SSH client carries SSH hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SshChoice {
+    /// The OpenSSH client when `ssh` is on `PATH`, else libssh2.
+    #[default]
+    Auto,
+    /// The system OpenSSH client (`ssh`), with multiplexed master connections.
+    OpenSsh,
+    /// The built-in libssh2 client.
+    Libssh2,
+}
+
+/// A value of `--ssh` that is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an SSH transport: use auto, openssh or libssh2")]
+pub struct UnknownSshChoice(pub String);
+
+impl std::str::FromStr for SshChoice {
+    type Err = UnknownSshChoice;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "openssh" => Ok(Self::OpenSsh),
+            "libssh2" => Ok(Self::Libssh2),
+            other => Err(UnknownSshChoice(other.to_owned())),
+        }
+    }
+}
+
+impl SshChoice {
+    /// Whether to use the OpenSSH client, and why (shown by `slipway check`).
+    pub fn pick(self) -> (bool, String) {
+        match self {
+            Self::OpenSsh => (true, "ssh = openssh".to_owned()),
+            Self::Libssh2 => (false, "ssh = libssh2".to_owned()),
+            Self::Auto => match openssh::find_ssh() {
+                Some(path) => (
+                    true,
+                    format!("ssh = auto, and {} is installed", path.display()),
+                ),
+                None => (false, "ssh = auto, and no `ssh` is on PATH".to_owned()),
+            },
+        }
+    }
+}
+
 /// How SSH hosts are reached and verified. Local hosts ignore it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
+    /// Which SSH client to use.
+    pub ssh: SshChoice,
     /// known_hosts file to verify host keys against (default `~/.ssh/known_hosts`).
     pub known_hosts: Option<PathBuf>,
     /// Learn the keys of hosts not yet in known_hosts (never accepts a changed key).
@@ -426,6 +509,7 @@ pub struct ConnectOptions {
 impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
+            ssh: SshChoice::Auto,
             known_hosts: None,
             accept_new_host_keys: false,
             identity_files: Vec::new(),
@@ -445,13 +529,24 @@ impl Default for ConnectOptions {
 pub fn connect(spec: &str, options: &ConnectOptions) -> Result<Box<dyn Transport>, TransportError> {
     match HostSpec::parse(spec)? {
         HostSpec::Local(root) => Ok(Box::new(local::Local::new(spec, root))),
-        HostSpec::Ssh { user, host, port } => Ok(Box::new(ssh::Ssh::connect(
-            spec,
-            user.as_deref(),
-            &host,
-            port,
-            options,
-        )?)),
+        HostSpec::Ssh { user, host, port } => match options.ssh.pick() {
+            (true, why) => Ok(Box::new(openssh::OpenSsh::connect(
+                spec,
+                user.as_deref(),
+                &host,
+                port,
+                options,
+                why,
+            )?)),
+            (false, why) => Ok(Box::new(ssh::Ssh::connect(
+                spec,
+                user.as_deref(),
+                &host,
+                port,
+                options,
+                why,
+            )?)),
+        },
     }
 }
 

@@ -30,7 +30,9 @@ use ssh2_config::SshConfig;
 
 use super::{ConnectOptions, Exit, HostSpec, Script, Tail, Transport, TransportError, quote};
 use config::Target;
+pub use config::home;
 use exec::{Limits, Stop};
+pub use known_hosts::{host_pattern, path as known_hosts_path};
 
 /// One SSH host, connected.
 pub struct Ssh {
@@ -38,6 +40,8 @@ pub struct Ssh {
     route: Route,
     /// The session; `None` after a failure, until the next command reconnects.
     conn: Mutex<Option<Conn>>,
+    /// Why this transport was chosen, for `slipway check`.
+    why: String,
 }
 
 /// An authenticated session in non-blocking mode, and a handle on its socket
@@ -69,6 +73,7 @@ impl Ssh {
         host: &str,
         port: Option<u16>,
         options: &ConnectOptions,
+        why: String,
     ) -> Result<Self, TransportError> {
         let fail = |reason: String| TransportError::Connect {
             host: spec.to_owned(),
@@ -93,6 +98,7 @@ impl Ssh {
             spec: spec.to_owned(),
             route,
             conn: Mutex::new(Some(conn)),
+            why,
         })
     }
 }
@@ -220,6 +226,7 @@ fn handshake(
     for direction in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = session.method_pref(direction, CIPHERS);
     }
+    known_hosts::prefer_known_types(&session, &target.host, target.port, known_hosts);
     session.set_blocking(true);
     session.set_timeout(millis(options.connect_timeout));
     session.handshake().map_err(|e| {
@@ -260,6 +267,13 @@ impl Transport for Ssh {
 
     fn resolve(&self, path: &str) -> String {
         path.to_owned()
+    }
+
+    fn describe(&self) -> String {
+        match &self.route.via {
+            Some(bastion) => format!("libssh2 ({}), via {}", self.why, bastion.label),
+            None => format!("libssh2 ({})", self.why),
+        }
     }
 
     fn exec(

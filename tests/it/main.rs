@@ -14,5 +14,6 @@ mod notify;
 mod operator;
 mod output;
 mod ssh;
+mod ssh_setups;
 mod strategies;
 mod trust;

@@ -1,6 +1,7 @@
 //! The gated rollout over real SSH: three OpenSSH servers on loopback
 //! addresses, the real binary, strict host keys. Each test is one story a
-//! user could live through.
+//! user could live through, told once and run over each transport slipway
+//! ships (`--ssh openssh` and `--ssh libssh2`; see the modules at the end).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +14,8 @@ use crate::support::{App, LocalHosts};
 /// A shop app deployed to an SSH cluster; the hook leaves one line per run
 /// in the host's shared dir.
 struct Story {
+    /// `--ssh` for every run: the transport under test.
+    ssh: &'static str,
     app: App,
     cluster: SshCluster,
     hosts: LocalHosts,
@@ -42,7 +45,7 @@ deploy_hook = "{hook}"
 const HOOK: &str = r#"echo \"$SLIPWAY_RELEASE\" >> ../../shared/hook.log"#;
 
 impl Story {
-    fn new(hook: &str, extra: &str) -> Self {
+    fn new(ssh: &'static str, hook: &str, extra: &str) -> Self {
         let cluster = SshCluster::start(3);
         let app = App::new("", &[("public/index.html", "v1\n")]);
         app.commit(
@@ -54,6 +57,7 @@ impl Story {
             deploy_to: cluster.deploy_to.clone(),
         };
         Self {
+            ssh,
             app,
             cluster,
             hosts,
@@ -62,14 +66,16 @@ impl Story {
 
     /// `slipway <args>` with the cluster's known_hosts and key.
     fn slipway(&self, args: &[&str]) -> Run {
-        run_over_ssh(self.app.path(), &self.cluster, args)
+        let mut all = args.to_vec();
+        all.extend(["--ssh", self.ssh]);
+        run_over_ssh(self.app.path(), &self.cluster, &all)
     }
 
     /// `slipway <args> <auth>` with the cluster's known_hosts.
     fn slipway_with(&self, args: &[&str], auth: &[&str]) -> Run {
         let known = self.cluster.known_hosts.to_str().expect("utf-8");
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--known-hosts", known]);
+        all.extend(["--ssh", self.ssh, "--known-hosts", known]);
         all.extend(auth);
         run(slipway_for(self.app.path(), &self.cluster), &all)
     }
@@ -111,9 +117,8 @@ fn fingerprint(public_key_file: &Path) -> String {
         .to_owned()
 }
 
-#[test]
-fn a_gated_deploy_over_ssh_switches_all_three_hosts_and_runs_the_hook_once() {
-    let story = Story::new(HOOK, "");
+fn a_gated_deploy_over_ssh_switches_all_three_hosts_and_runs_the_hook_once(ssh: &'static str) {
+    let story = Story::new(ssh, HOOK, "");
     let run = story.slipway(&["deploy", "production"]).success();
     let id = story.hosts.current(0).expect("host 1 has a release");
     for i in 0..3 {
@@ -143,9 +148,8 @@ fn a_gated_deploy_over_ssh_switches_all_three_hosts_and_runs_the_hook_once() {
     assert_ne!(story.hosts.root(0), story.hosts.root(1));
 }
 
-#[test]
-fn an_unknown_host_key_is_refused_with_its_fingerprint_until_accepted() {
-    let story = Story::new(HOOK, "");
+fn an_unknown_host_key_is_refused_with_its_fingerprint_until_accepted(ssh: &'static str) {
+    let story = Story::new(ssh, HOOK, "");
     let unknown = &story.cluster.hosts[2];
     let line = unknown.known_hosts_line();
     let known = std::fs::read_to_string(&story.cluster.known_hosts).unwrap();
@@ -168,19 +172,22 @@ fn an_unknown_host_key_is_refused_with_its_fingerprint_until_accepted() {
     story
         .slipway(&["deploy", "production", "--accept-new-host-keys"])
         .success();
-    let learnt = std::fs::read_to_string(&story.cluster.known_hosts).unwrap();
-    assert!(
-        learnt.lines().any(|l| l == line),
-        "the line was added:\n{learnt}"
-    );
+    // Learnt as `ssh` learns it (hashed where ssh_config says HashKnownHosts).
+    let key = unknown.host_key.split_whitespace().nth(1).unwrap();
+    let found = Command::new("ssh-keygen")
+        .args(["-F", &format!("[{}]:{}", unknown.ip, unknown.port), "-f"])
+        .arg(&story.cluster.known_hosts)
+        .output()
+        .expect("ssh-keygen runs");
+    let found = String::from_utf8_lossy(&found.stdout);
+    assert!(found.contains(key), "the key was added:\n{found}");
     assert!((0..3).all(|i| story.hosts.current(i).is_some()));
     // Now known: no flag needed.
     story.slipway(&["status", "production"]).success();
 }
 
-#[test]
-fn a_changed_host_key_is_refused_even_with_accept_new() {
-    let story = Story::new(HOOK, "");
+fn a_changed_host_key_is_refused_even_with_accept_new(ssh: &'static str) {
+    let story = Story::new(ssh, HOOK, "");
     let impostor = Keys::generate();
     let host = &story.cluster.hosts[1];
     let forged = format!("[{}]:{} {}", host.ip, host.port, {
@@ -210,9 +217,8 @@ fn a_changed_host_key_is_refused_even_with_accept_new() {
     );
 }
 
-#[test]
-fn a_key_the_hosts_do_not_accept_fails_naming_host_user_and_key() {
-    let story = Story::new(HOOK, "");
+fn a_key_the_hosts_do_not_accept_fails_naming_host_user_and_key(ssh: &'static str) {
+    let story = Story::new(ssh, HOOK, "");
     let stranger = Keys::generate();
     let key = stranger.private.to_str().unwrap();
     let host = &story.cluster.hosts[0];
@@ -226,9 +232,8 @@ fn a_key_the_hosts_do_not_accept_fails_naming_host_user_and_key() {
     story.assert_untouched();
 }
 
-#[test]
-fn a_host_that_is_down_stops_the_deploy_before_anything_changes() {
-    let mut story = Story::new(HOOK, "");
+fn a_host_that_is_down_stops_the_deploy_before_anything_changes(ssh: &'static str) {
+    let mut story = Story::new(ssh, HOOK, "");
     story.slipway(&["deploy", "production"]).success();
     let first = story.hosts.current(0).unwrap();
     story.app.commit("Second", &[("public/index.html", "v2\n")]);
@@ -257,12 +262,11 @@ fn a_host_that_is_down_stops_the_deploy_before_anything_changes() {
     assert_eq!(story.hook_runs(), [1, 0, 0]);
 }
 
-#[test]
-fn a_host_frozen_mid_deploy_fails_in_bounded_time_and_the_rest_roll_back() {
+fn a_host_frozen_mid_deploy_fails_in_bounded_time_and_the_rest_roll_back(ssh: &'static str) {
     let hook = "touch ../../shared/hook-started; sleep 3";
     let health =
         r#"health = { command = "test -f public/index.html", timeout = "3s", retries = 1 }"#;
-    let story = Story::new(hook, health);
+    let story = Story::new(ssh, hook, health);
     story.slipway(&["deploy", "production"]).success();
     let first = story.hosts.current(0).unwrap();
     std::fs::remove_file(story.hosts.root(0).join("shared/hook-started")).unwrap();
@@ -311,9 +315,8 @@ fn a_host_frozen_mid_deploy_fails_in_bounded_time_and_the_rest_roll_back() {
     assert!(story.hosts.is_closed(2), "the frozen host stays closed");
 }
 
-#[test]
-fn hosts_behind_a_jump_host_deploy_through_one_bastion() {
-    let story = Story::new(HOOK, "");
+fn hosts_behind_a_jump_host_deploy_through_one_bastion(ssh: &'static str) {
+    let story = Story::new(ssh, HOOK, "");
     let jump = story.cluster.extra_server();
     let ssh_config = story.cluster.path("ssh_config");
     let targets: Vec<&str> = story.cluster.hosts.iter().map(|h| h.ip.as_str()).collect();
@@ -350,9 +353,8 @@ fn hosts_behind_a_jump_host_deploy_through_one_bastion() {
         .contains("through the jump host bastion");
 }
 
-#[test]
-fn a_key_file_with_crlf_and_no_final_newline_still_logs_in() {
-    let story = Story::new(HOOK, "");
+fn a_key_file_with_crlf_and_no_final_newline_still_logs_in(ssh: &'static str) {
+    let story = Story::new(ssh, HOOK, "");
     let key = std::fs::read_to_string(&story.cluster.keys.private).unwrap();
     let mangled = key.trim_end().replace('\n', "\r\n");
     assert!(mangled.contains("\r\n") && !mangled.ends_with('\n'));
@@ -367,9 +369,8 @@ fn a_key_file_with_crlf_and_no_final_newline_still_logs_in() {
         .contains("open");
 }
 
-#[test]
-fn check_reports_every_host_and_names_the_one_that_is_down() {
-    let mut story = Story::new(HOOK, "");
+fn check_reports_every_host_and_names_the_one_that_is_down(ssh: &'static str) {
+    let mut story = Story::new(ssh, HOOK, "");
     let run = story.slipway(&["check", "production"]).success();
     let ok_lines = run
         .stdout()
@@ -396,3 +397,38 @@ fn check_reports_every_host_and_names_the_one_that_is_down() {
     );
     story.assert_untouched();
 }
+
+/// Declares, for one transport, a test per story above.
+macro_rules! stories_over {
+    ($transport:ident, $($story:ident,)*) => {
+        mod $transport {
+            $(
+                #[test]
+                fn $story() {
+                    super::$story(stringify!($transport));
+                }
+            )*
+        }
+    };
+}
+
+/// Every story over the system OpenSSH client (what `auto` picks where `ssh`
+/// is installed) and over the built-in libssh2 client.
+macro_rules! stories_over_each_transport {
+    ($($story:ident,)*) => {
+        stories_over!(openssh, $($story,)*);
+        stories_over!(libssh2, $($story,)*);
+    };
+}
+
+stories_over_each_transport!(
+    a_gated_deploy_over_ssh_switches_all_three_hosts_and_runs_the_hook_once,
+    an_unknown_host_key_is_refused_with_its_fingerprint_until_accepted,
+    a_changed_host_key_is_refused_even_with_accept_new,
+    a_key_the_hosts_do_not_accept_fails_naming_host_user_and_key,
+    a_host_that_is_down_stops_the_deploy_before_anything_changes,
+    a_host_frozen_mid_deploy_fails_in_bounded_time_and_the_rest_roll_back,
+    hosts_behind_a_jump_host_deploy_through_one_bastion,
+    a_key_file_with_crlf_and_no_final_newline_still_logs_in,
+    check_reports_every_host_and_names_the_one_that_is_down,
+);

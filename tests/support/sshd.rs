@@ -117,12 +117,90 @@ impl Keys {
     }
 }
 
+/// How an [`Sshd`] differs from the plain one: certificates, more host
+/// keys, extra sshd_config lines.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// Keys allowed in through authorized_keys.
+    pub authorized: &'a [&'a str],
+    /// A CA private key: the host key gets a certificate signed by it
+    /// (`ssh-keygen -s -h`, principal = the address), served with
+    /// `HostCertificate`.
+    pub host_ca: Option<&'a Path>,
+    /// A CA public key file users' certificates are trusted from (`TrustedUserCAKeys`).
+    pub user_ca: Option<&'a Path>,
+    /// More host key types beside ed25519 (e.g. "ecdsa", "rsa").
+    pub more_host_keys: &'a [&'a str],
+    /// Lines appended to sshd_config (e.g. `LogLevel VERBOSE`).
+    pub extra: &'a str,
+}
+
+/// A certificate authority: an ed25519 key pair that signs host and user keys.
+pub struct Ca {
+    pub keys: Keys,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        Self {
+            keys: Keys::generate(),
+        }
+    }
+
+    /// The public key file.
+    pub fn public_file(&self) -> PathBuf {
+        self.keys.private.with_extension("pub")
+    }
+
+    /// Signs the user key `private` (its `.pub`) for `principal`; writes
+    /// `<private>-cert.pub` and returns its path.
+    pub fn sign_user(&self, private: &Path, principal: &str) -> PathBuf {
+        let public = private.with_extension("pub");
+        sh(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-s",
+                self.keys.private.to_str().expect("utf-8"),
+                "-I",
+                "slipway-test-user",
+                "-n",
+                principal,
+                "-V",
+                "-5m:+1h",
+                public.to_str().expect("utf-8"),
+            ],
+        );
+        let cert = PathBuf::from(format!("{}-cert.pub", private.display()));
+        assert!(cert.exists(), "ssh-keygen wrote {}", cert.display());
+        cert
+    }
+
+    /// `@cert-authority <pattern> <ca public key>`.
+    pub fn known_hosts_line(&self, pattern: &str) -> String {
+        let mut parts = self.keys.public.split_whitespace();
+        format!(
+            "@cert-authority {pattern} {} {}",
+            parts.next().expect("type"),
+            parts.next().expect("key")
+        )
+    }
+}
+
+impl Default for Ca {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// One running sshd.
 pub struct Sshd {
     pub ip: String,
     pub port: u16,
     /// The host key: `ssh-ed25519 AAAA…`.
     pub host_key: String,
+    /// Further host keys, `type AAAA…`, in the order of [`Setup::more_host_keys`].
+    pub more_host_keys: Vec<String>,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pid: u32,
@@ -131,21 +209,49 @@ pub struct Sshd {
 impl Sshd {
     /// An sshd on a fresh 127.0.0.x letting in the holders of `authorized` keys.
     pub fn start(authorized: &[&str]) -> Self {
-        Self::launch(&next_ip(), authorized, None)
+        Self::launch(
+            &next_ip(),
+            &Setup {
+                authorized,
+                ..Setup::default()
+            },
+            None,
+        )
     }
 
     /// As [`Sshd::start`] on `ip`.
     pub fn start_on(ip: &str, authorized: &[&str]) -> Self {
-        Self::launch(ip, authorized, None)
+        Self::launch(
+            ip,
+            &Setup {
+                authorized,
+                ..Setup::default()
+            },
+            None,
+        )
+    }
+
+    /// An sshd set up as `setup` says, on `ip` (a fresh 127.0.x.y when `None`;
+    /// `::1` works too).
+    pub fn start_with(ip: Option<&str>, setup: &Setup) -> Self {
+        Self::launch(ip.map_or_else(next_ip, str::to_owned).as_str(), setup, None)
     }
 
     /// As [`Sshd::start`], in a private mount namespace where `source` is
     /// bind-mounted on `target`.
     pub fn start_mounted(authorized: &[&str], source: &Path, target: &Path) -> Self {
-        Self::launch(&next_ip(), authorized, Some((source, target)))
+        Self::launch(
+            &next_ip(),
+            &Setup {
+                authorized,
+                ..Setup::default()
+            },
+            Some((source, target)),
+        )
     }
 
-    fn launch(ip: &str, authorized: &[&str], mount: Option<(&Path, &Path)>) -> Self {
+    fn launch(ip: &str, setup: &Setup, mount: Option<(&Path, &Path)>) -> Self {
+        let authorized = setup.authorized;
         ensure_sshd();
         let dir = tempfile::Builder::new()
             .prefix("slipway-sshd-")
@@ -169,14 +275,73 @@ impl Sshd {
         );
         let host_pub = std::fs::read_to_string(host_key.with_extension("pub")).expect("host key");
         let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let mut extra = String::new();
+        let mut more_host_keys = Vec::new();
+        for kind in setup.more_host_keys {
+            let file = d.join(format!("host_{kind}"));
+            sh(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    kind,
+                    "-N",
+                    "",
+                    "-C",
+                    "",
+                    "-f",
+                    file.to_str().expect("utf-8"),
+                ],
+            );
+            let public = std::fs::read_to_string(file.with_extension("pub")).expect("host key");
+            more_host_keys.push(
+                public
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            extra.push_str(&format!("HostKey {}\n", file.display()));
+        }
+        if let Some(ca) = setup.host_ca {
+            sh(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-s",
+                    ca.to_str().expect("utf-8"),
+                    "-h",
+                    "-I",
+                    "slipway-test-host",
+                    "-n",
+                    ip,
+                    "-V",
+                    "-5m:+1h",
+                    host_key.with_extension("pub").to_str().expect("utf-8"),
+                ],
+            );
+            extra.push_str(&format!(
+                "HostCertificate {}\n",
+                d.join("host_ed25519-cert.pub").display()
+            ));
+        }
+        if let Some(ca) = setup.user_ca {
+            extra.push_str(&format!("TrustedUserCAKeys {}\n", ca.display()));
+        }
+        extra.push_str(setup.extra);
         std::fs::write(d.join("authorized_keys"), authorized.join("\n") + "\n")
             .expect("authorized_keys");
         let port = free_port(ip);
+        let listen = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
         let config = d.join("sshd_config");
         std::fs::write(
             &config,
             format!(
-                "ListenAddress {ip}:{port}\n\
+                "ListenAddress {listen}\n\
                  HostKey {key}\n\
                  AuthorizedKeysFile {d}/authorized_keys\n\
                  PidFile {d}/sshd.pid\n\
@@ -191,6 +356,7 @@ impl Sshd {
                  MaxStartups 100\n\
                  MaxSessions 100\n\
                  Subsystem sftp internal-sftp\n\
+                 {extra}\n\
                  LogLevel ERROR\n",
                 key = host_key.display(),
                 d = d.display(),
@@ -227,6 +393,7 @@ impl Sshd {
             ip: ip.to_owned(),
             port,
             host_key: host_pub.join(" "),
+            more_host_keys,
             dir,
             child: Some(child),
             pid,
@@ -262,17 +429,31 @@ impl Sshd {
     }
 
     pub fn address(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
+        format!("{}:{}", self.bracketed(), self.port)
     }
 
-    /// `user@127.0.0.x:port`.
+    /// The address, in brackets when it is IPv6.
+    fn bracketed(&self) -> String {
+        if self.ip.contains(':') {
+            format!("[{}]", self.ip)
+        } else {
+            self.ip.clone()
+        }
+    }
+
+    /// `user@127.0.0.x:port` (`user@[::1]:port`).
     pub fn spec(&self, user: &str) -> String {
-        format!("{user}@{}:{}", self.ip, self.port)
+        format!("{user}@{}:{}", self.bracketed(), self.port)
+    }
+
+    /// How known_hosts names this host: `[127.0.0.x]:port`.
+    pub fn pattern(&self) -> String {
+        format!("[{}]:{}", self.ip, self.port)
     }
 
     /// `[127.0.0.x]:port ssh-ed25519 AAAA…`.
     pub fn known_hosts_line(&self) -> String {
-        format!("[{}]:{} {}", self.ip, self.port, self.host_key)
+        format!("{} {}", self.pattern(), self.host_key)
     }
 
     /// The listener and every process under it (connections, their shells).

@@ -89,13 +89,24 @@ pub fn resolve(
         .ok_or_else(|| {
             "no user to log in as: write it in the host spec (deploy@host), set User in ssh_config, or set $USER".to_owned()
         })?;
+    // Never ignored silently: without its proxy the host name may not even resolve.
+    if params.is_some_and(|p| {
+        p.unsupported_fields
+            .keys()
+            .chain(p.ignored_fields.keys())
+            .any(|k| k.eq_ignore_ascii_case("proxycommand"))
+    }) {
+        return Err(format!(
+            "ssh_config gives {host} a ProxyCommand, which the libssh2 transport cannot run; use the OpenSSH transport (--ssh openssh), which does"
+        ));
+    }
     let proxy_jump = match params.and_then(|p| p.proxy_jump.as_deref()) {
         None | Some([]) => None,
         Some([one]) if one.eq_ignore_ascii_case("none") => None,
         Some([one]) => Some(one.clone()),
         Some(many) => {
             return Err(format!(
-                "ProxyJump {} has several hops; slipway supports one jump host",
+                "ProxyJump {} has several hops; the libssh2 transport supports one jump host, the OpenSSH transport (--ssh openssh) any number",
                 many.join(",")
             ));
         }
@@ -151,5 +162,22 @@ mod tests {
         );
         let err = resolve(Some(&config), Some("u"), "b", None).unwrap_err();
         assert!(err.contains("one jump host"), "{err}");
+        assert!(err.contains("--ssh openssh"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_command_is_refused_not_ignored() {
+        let config = SshConfig::default()
+            .parse(
+                &mut "Host internal\n  ProxyCommand nc %h %p\n".as_bytes(),
+                ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+            )
+            .expect("parses");
+        let err = resolve(Some(&config), Some("u"), "internal", None).unwrap_err();
+        assert!(
+            err.contains("ProxyCommand") && err.contains("--ssh openssh"),
+            "{err}"
+        );
+        assert!(resolve(Some(&config), Some("u"), "other", None).is_ok());
     }
 }
