@@ -481,11 +481,12 @@ pub(super) fn header(kind: EntryKind, mode: u32, size: u64, mtime: u64) -> tar::
     header
 }
 
-/// Feeds file bytes to the content hash as the tar builder reads them.
-struct Tee<'a, R> {
-    inner: R,
-    content: &'a mut ContentHasher,
-    count: u64,
+/// Feeds file bytes to the content hash as they pass: read by the tar
+/// builder when packing, copied out when an artifact is checked.
+pub(super) struct Tee<'a, R> {
+    pub(super) inner: R,
+    pub(super) content: &'a mut ContentHasher,
+    pub(super) count: u64,
 }
 
 impl<R: Read> Read for Tee<'_, R> {

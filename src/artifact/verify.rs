@@ -42,7 +42,7 @@ use flate2::bufread::GzDecoder;
 
 use super::digest::HashingReader;
 use super::manifest::{ContentHasher, ContentSummary, Manifest};
-use super::tarball::{Canonical, finish_temp, temp_file};
+use super::tarball::{Canonical, Tee, finish_temp, temp_file};
 use super::{Artifact, ArtifactError, EntryKind, FORMAT, MANIFEST_NAME};
 
 /// Manifests are a few hundred bytes; anything far bigger is not one.
@@ -608,22 +608,6 @@ fn check_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(), &'static s
         );
     }
     Ok(())
-}
-
-/// Feeds file bytes to the content hash as they are copied.
-struct Tee<'a, R> {
-    inner: R,
-    content: &'a mut ContentHasher,
-    count: u64,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.content.data(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
 }
 
 fn write_err(path: &Path) -> impl Fn(io::Error) -> ArtifactError + '_ {

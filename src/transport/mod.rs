@@ -550,6 +550,17 @@ pub fn connect(spec: &str, options: &ConnectOptions) -> Result<Box<dyn Transport
     }
 }
 
+/// What an SSH transport asks the remote login shell to run: `script` with
+/// stderr joined to stdout (one ordered stream), as a single quoted `sh -c`
+/// word, so it means the same whatever the login shell is.
+///
+/// # Errors
+/// When the script cannot be quoted (it holds a NUL).
+pub(crate) fn remote_command(script: &Script) -> Result<String, Unquotable> {
+    let body = format!("exec 2>&1\n{script}");
+    Ok(format!("sh -c {}", quote::quote(&body)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

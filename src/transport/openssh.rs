@@ -36,7 +36,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{ConnectOptions, Exit, Script, Tail, Transport, TransportError, quote};
+use super::{ConnectOptions, Exit, Script, Tail, Transport, TransportError};
 use control::ControlDir;
 
 /// Bytes copied to `ssh`'s stdin at a time: large, so uploads are not paced
@@ -314,13 +314,7 @@ impl Transport for OpenSsh {
         timeout: Option<Duration>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
-        // As over libssh2: one ordered stream, and the script is one quoted
-        // word for whatever the login shell is.
-        let body = format!("exec 2>&1\n{script}");
-        let command = format!(
-            "sh -c {}",
-            quote::quote(&body).map_err(|e| self.unquotable(e))?
-        );
+        let command = super::remote_command(script).map_err(|e| self.unquotable(e))?;
         let limit = timeout.or(self.command_timeout);
         let deadline = limit.map(|t| Instant::now() + t);
         let mut child = self

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ssh2::Session;
 use ssh2_config::SshConfig;
 
-use super::{ConnectOptions, Exit, HostSpec, Script, Tail, Transport, TransportError, quote};
+use super::{ConnectOptions, Exit, HostSpec, Script, Tail, Transport, TransportError};
 use config::Target;
 pub use config::home;
 use exec::{Limits, Stop};
@@ -283,13 +283,7 @@ impl Transport for Ssh {
         timeout: Option<Duration>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
-        // One ordered stream: stderr joins stdout inside the shell, and the
-        // whole script is one quoted word for whatever the login shell is.
-        let body = format!("exec 2>&1\n{script}");
-        let command = format!(
-            "sh -c {}",
-            quote::quote(&body).map_err(|e| self.unquotable(e))?
-        );
+        let command = super::remote_command(script).map_err(|e| self.unquotable(e))?;
         let limit = timeout.or(self.route.options.command_timeout);
         let limits = Limits {
             deadline: limit.map(|t| Instant::now() + t),
