@@ -11,27 +11,12 @@ fn slipway_finds_the_repository_from_a_subfolder() {
     let hosts = LocalHosts::new(&app, 1);
     app.commit(
         "Configure",
-        &[(
-            "slipway.toml",
-            &format!(
-                "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n",
-                hosts.toml(),
-                hosts.deploy_to
-            ),
-        )],
+        &[("slipway.toml", &hosts.production_config(""))],
     );
     let sub = app.path().join("web");
     run(slipway(&sub), &["check"]).success();
     run(slipway(&sub), &["deploy", "production"]).success();
     assert!(hosts.current(0).is_some(), "deployed from web/");
-}
-
-fn config(hosts: &LocalHosts) -> String {
-    format!(
-        "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n",
-        hosts.toml(),
-        hosts.deploy_to
-    )
 }
 
 /// A teammate's fresh clone has `origin/production` but no local
@@ -42,7 +27,10 @@ fn config(hosts: &LocalHosts) -> String {
 fn a_fresh_clone_deploys_origin_production_and_a_stale_local_branch_is_refused() {
     let app = App::new("", &[("index.html", "v1\n")]);
     let hosts = LocalHosts::new(&app, 1);
-    app.commit("Configure", &[("slipway.toml", &config(&hosts))]);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
     let v2 = app.commit("v2", &[("index.html", "v2\n")]);
     let clone = app.scratch("clone");
     let status = std::process::Command::new("git")
@@ -85,7 +73,10 @@ fn a_fresh_clone_deploys_origin_production_and_a_stale_local_branch_is_refused()
 fn deploying_the_live_release_again_is_a_no_op_unless_forced() {
     let app = App::new("", &[("index.html", "v1\n")]);
     let hosts = LocalHosts::new(&app, 2);
-    app.commit("Configure", &[("slipway.toml", &config(&hosts))]);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
     app.slipway(&["deploy", "production"]).success();
     assert_eq!(hosts.history(0).len(), 1);
     app.slipway(&["deploy", "production"])

@@ -12,17 +12,8 @@ use crate::support::{App, LocalHosts};
 fn a_closed_stdout_and_stderr_never_abort_a_rollout_or_panic() {
     let app = App::new("", &[("index.html", "v1\n")]);
     let hosts = LocalHosts::new(&app, 3);
-    app.commit(
-        "Configure",
-        &[(
-            "slipway.toml",
-            &format!(
-                "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\ndeploy_hook = \"true\"\n",
-                hosts.toml(),
-                hosts.deploy_to
-            ),
-        )],
-    );
+    let config = hosts.production_config("deploy_hook = \"true\"\n");
+    app.commit("Configure", &[("slipway.toml", &config)]);
     let mut child = slipway(app.path())
         .args(["deploy", "production"])
         .stdout(Stdio::piped())

@@ -376,17 +376,8 @@ fn toml_string(s: &str) -> String {
 fn hook_secrets_live_in_a_private_env_file_not_in_the_hook_scripts() {
     let app = App::new("", &[("index.html", "v1\n")]);
     let hosts = LocalHosts::new(&app, 1);
-    app.commit(
-        "Configure",
-        &[(
-            "slipway.toml",
-            &format!(
-                "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\nsecrets = [\"DATABASE_URL\"]\n",
-                hosts.toml(),
-                hosts.deploy_to
-            ),
-        )],
-    );
+    let config = hosts.production_config("secrets = [\"DATABASE_URL\"]\n");
+    app.commit("Configure", &[("slipway.toml", &config)]);
     let server = GitServer::new(&app);
     app.slipway(&[
         "hook",

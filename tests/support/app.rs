@@ -133,6 +133,17 @@ impl LocalHosts {
         format!("[{}]", list.join(", "))
     }
 
+    /// A `slipway.toml` for app `shop` whose production environment
+    /// (branch `production`) deploys to these hosts, plus `extra` lines in
+    /// that environment's table.
+    pub fn production_config(&self, extra: &str) -> String {
+        format!(
+            "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n{extra}",
+            self.toml(),
+            self.deploy_to
+        )
+    }
+
     /// The deploy root of host `i`.
     pub fn root(&self, i: usize) -> PathBuf {
         self.roots[i].join(self.deploy_to.trim_start_matches('/'))
