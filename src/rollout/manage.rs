@@ -118,6 +118,9 @@ pub async fn recover(
                 sha256: String::new(),
                 who: who.clone(),
                 outcome: Outcome::RolledBack,
+                subject: None,
+                duration_ms: None,
+                closed_ms: None,
             })
             .expect("history serialises");
             let script = host
@@ -189,6 +192,9 @@ mod tests {
             sha256: String::new(),
             who: String::new(),
             outcome,
+            subject: None,
+            duration_ms: None,
+            closed_ms: None,
         }
     }
 
