@@ -133,32 +133,6 @@ pub async fn nginx(ctx: &Context, args: &NginxArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub async fn releases(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
-    let loaded = ctx.load(&args.environment, None)?;
-    let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
-    let states = cluster.read_state().await?;
-    for (host, state) in cluster.hosts.iter().zip(&states) {
-        ctx.out.result(&format!("{}:", host.name()));
-        for id in &state.releases {
-            let mut marks = Vec::new();
-            if state.current.as_deref() == Some(id) {
-                marks.push("current");
-            }
-            if state.pinned.contains(id) {
-                marks.push("pinned");
-            }
-            let marks = if marks.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", marks.join(", "))
-            };
-            ctx.out.result(&format!("  {id}{marks}"));
-        }
-    }
-    Ok(exit::OK)
-}
-
 pub async fn check(ctx: &Context, args: &CheckArgs) -> anyhow::Result<u8> {
     if let Some(environment) = &args.environment {
         return check_hosts(ctx, environment, args.git_ref.as_deref()).await;
