@@ -266,34 +266,54 @@ pub async fn releases(ctx: &Context, args: &ListArgs) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-/// A host's releases, newest first, with their marks. Release ids begin
-/// with the commit's UTC time (`20261130T010203Z-abc1234`), so sorting the
-/// ids sorts by commit time whatever order the directories were touched in.
+/// A host's releases, newest first, with their marks. Newest means first
+/// deployed most recently, from the history; a release the history does
+/// not know (staged by an interrupted rollout) goes by its commit's time,
+/// which its id begins with (`20261130T010203Z-abc1234`). Not the order
+/// the host lists directories in: a rollback touches an old release.
 fn release_marks(
     releases: &[String],
     current: Option<&str>,
     pinned: &[String],
     history: &[HistoryEntry],
 ) -> Vec<ReleaseMarks> {
-    let mut ids = releases.to_vec();
+    let born = |id: &str| {
+        history
+            .iter()
+            .filter(|e| e.release == id && matches!(e.action, Action::Deploy | Action::Canary))
+            .filter_map(|e| manage::instant(&e.time))
+            .min()
+            .or_else(|| commit_time(id))
+    };
+    let mut ids: Vec<_> = releases.iter().map(|id| (born(id), id.clone())).collect();
     ids.sort_by(|a, b| b.cmp(a));
+    let ids = ids.into_iter().map(|(_, id)| id);
     let target = manage::rollback_target(history, current).map(|e| e.release);
-    ids.into_iter()
-        .map(|id| {
-            let deploys: Vec<&HistoryEntry> = history
-                .iter()
-                .filter(|e| e.release == id && e.action != Action::Recover)
-                .collect();
-            ReleaseMarks {
-                live: current == Some(id.as_str()),
-                rollback_target: target.as_deref() == Some(id.as_str()),
-                failed: !deploys.is_empty()
-                    && deploys.iter().all(|e| e.outcome == Outcome::RolledBack),
-                pinned: pinned.contains(&id),
-                id,
-            }
-        })
-        .collect()
+    ids.map(|id| {
+        let deploys: Vec<&HistoryEntry> = history
+            .iter()
+            .filter(|e| e.release == id && e.action != Action::Recover)
+            .collect();
+        ReleaseMarks {
+            live: current == Some(id.as_str()),
+            rollback_target: target.as_deref() == Some(id.as_str()),
+            failed: !deploys.is_empty() && deploys.iter().all(|e| e.outcome == Outcome::RolledBack),
+            pinned: pinned.contains(&id),
+            id,
+        }
+    })
+    .collect()
+}
+
+/// The commit time a release id begins with.
+fn commit_time(id: &str) -> Option<time::OffsetDateTime> {
+    let stamp = id.get(..16)?;
+    time::PrimitiveDateTime::parse(
+        stamp,
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
+    )
+    .ok()
+    .map(time::PrimitiveDateTime::assume_utc)
 }
 
 pub async fn exec(ctx: &Context, args: &ExecArgs) -> anyhow::Result<u8> {

@@ -158,7 +158,7 @@ pub fn merge_histories<'a>(
 }
 
 /// A recorded time as a point in time; unreadable times sort oldest.
-fn instant(time: &str) -> Option<time::OffsetDateTime> {
+pub fn instant(time: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).ok()
 }
 
@@ -318,7 +318,7 @@ mod tests {
             time: time.into(),
             ..e
         };
-        let web1 = vec![
+        let web1 = [
             at(
                 entry("a", None, Action::Deploy, Outcome::Success),
                 "d1",
@@ -330,7 +330,7 @@ mod tests {
                 "2026-01-02T00:00:00Z",
             ),
         ];
-        let web2 = vec![
+        let web2 = [
             at(
                 entry("a", None, Action::Deploy, Outcome::Success),
                 "d1",
