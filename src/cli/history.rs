@@ -57,9 +57,13 @@ struct HistoryDoc<'a> {
 pub async fn history(ctx: &Context, args: &ListArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
+    let (cluster, lost) = ctx.connect_reachable(env).await;
     let per_host = manage::histories(&cluster).await;
-    let (read, unreachable) = split(&per_host);
+    let (read, mut unreachable) = split(&per_host);
+    unreachable.extend(
+        lost.into_iter()
+            .map(|(host, error)| Unreachable { host, error }),
+    );
     let merged = manage::merge_histories(read.iter().map(|(h, e)| (*h, *e)));
     let code = if unreachable.is_empty() {
         exit::OK
@@ -192,10 +196,13 @@ struct ReleasesDoc<'a> {
 pub async fn releases(ctx: &Context, args: &ListArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
+    let (cluster, lost) = ctx.connect_reachable(env).await;
     let (states, histories) = tokio::join!(manage::status(&cluster), manage::histories(&cluster));
     let mut groups: Vec<ReleaseGroup> = Vec::new();
-    let mut unreachable = Vec::new();
+    let mut unreachable: Vec<Unreachable> = lost
+        .into_iter()
+        .map(|(host, error)| Unreachable { host, error })
+        .collect();
     for (status, (_, history)) in states.into_iter().zip(histories) {
         let (state, history) = match (status.state, history) {
             (Ok(state), Ok(history)) => (state, history),

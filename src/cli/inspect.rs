@@ -30,11 +30,19 @@ pub struct CheckArgs {
 pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
+    let (cluster, lost) = ctx.connect_reachable(env).await;
     let mut code = exit::OK;
     ctx.out
         .result(&format!("{} ({}):", args.environment, env.deploy_to));
-    for host in manage::status(&cluster).await {
+    let mut hosts = manage::status(&cluster).await;
+    // Unreachable hosts stay in config order among the others.
+    hosts.extend(lost.into_iter().map(|(host, error)| manage::HostStatus {
+        host,
+        state: Err(error),
+    }));
+    let order = env.all_hosts();
+    hosts.sort_by_key(|h| order.iter().position(|s| *s == h.host));
+    for host in hosts {
         let line = match &host.state {
             Err(e) => {
                 code = exit::ATTENTION;

@@ -203,3 +203,53 @@ fn exec_runs_in_the_live_release_on_every_host_and_names_the_one_that_failed() {
         .success();
     assert_eq!(stable(&run.stdout(), &host_names(&hosts)), "web3: v1\n");
 }
+
+/// `releases` and `history` failed outright when one host could not be
+/// reached, hiding what the others knew; `status` too. Now every reachable
+/// host is shown, the lost one is marked UNREACHABLE, and the exit is 4.
+#[test]
+fn an_unreachable_host_is_marked_and_the_others_still_shown() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 2);
+    app.commit("Configure", &[("slipway.toml", &config(&hosts, "true"))]);
+    app.slipway(&["deploy", "production"]).success();
+    // A third host joins the config, on a port where nothing listens.
+    let with_lost = config(&hosts, "true").replace(
+        &hosts.toml(),
+        &hosts.toml().replace(']', ", \"127.0.0.1:1\"]"),
+    );
+    assert_ne!(with_lost, config(&hosts, "true"));
+    app.commit("Add a host", &[("slipway.toml", &with_lost)]);
+
+    let names = host_names(&hosts);
+    for command in ["history", "releases", "status"] {
+        let run = app
+            .slipway(&[command, "production", "--connect-timeout", "5s"])
+            .failure(4);
+        let text = stable(&run.stdout(), &names);
+        assert!(
+            text.contains("127.0.0.1:1") && text.contains("UNREACHABLE"),
+            "{command}: {text}"
+        );
+        assert!(
+            text.contains("web1") || command == "history",
+            "{command}: {text}"
+        );
+        if command == "history" {
+            assert!(text.contains("Configure  by tester  ok"), "{text}");
+        }
+    }
+    let json = app
+        .slipway(&[
+            "releases",
+            "production",
+            "--json",
+            "--connect-timeout",
+            "5s",
+        ])
+        .failure(4)
+        .stdout();
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["unreachable"][0]["host"], "127.0.0.1:1");
+    assert_eq!(doc["groups"][0]["hosts"].as_array().unwrap().len(), 2);
+}
