@@ -253,3 +253,50 @@ fn an_unreachable_host_is_marked_and_the_others_still_shown() {
     assert_eq!(doc["unreachable"][0]["host"], "127.0.0.1:1");
     assert_eq!(doc["groups"][0]["hosts"].as_array().unwrap().len(), 2);
 }
+
+/// Over real SSH the command crosses a second shell (the server's), where
+/// an unquoted word would be expanded; `exec` quotes each word, and
+/// `history` reads every host through the same transport.
+#[test]
+fn exec_and_history_over_ssh_keep_each_word_intact() {
+    use crate::support::run::run_over_ssh;
+    use crate::support::sshd::SshCluster;
+    let cluster = SshCluster::start(3);
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let config = format!(
+        "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n",
+        cluster.hosts_toml(),
+        cluster.deploy_to
+    );
+    app.commit("Configure over SSH", &[("slipway.toml", &config)]);
+    run_over_ssh(app.path(), &cluster, &["deploy", "production"]).success();
+
+    let word = "it's $HOME; `id` \"quoted\"";
+    // The SSH flags go before `--`: everything after it is the command.
+    let flags = crate::support::run::ssh_flags(&cluster);
+    let mut args = vec!["exec", "production"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--", "printf", "%s|%s\\n", word, "index.html"]);
+    let run = crate::support::run::run(
+        crate::support::run::slipway_for(app.path(), &cluster),
+        &args,
+    )
+    .success();
+    assert_eq!(
+        run.stdout().lines().count(),
+        3,
+        "one line per host: {}",
+        run.text()
+    );
+    for line in run.stdout().lines() {
+        assert!(line.ends_with(&format!(": {word}|index.html")), "{line}");
+    }
+
+    let json = run_over_ssh(app.path(), &cluster, &["history", "production", "--json"])
+        .success()
+        .stdout();
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["rollouts"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["rollouts"][0]["subject"], "Configure over SSH");
+    assert_eq!(doc["rollouts"][0]["hosts"].as_object().unwrap().len(), 3);
+}
