@@ -326,9 +326,9 @@ fn commit_time(id: &str) -> Option<time::OffsetDateTime> {
 pub async fn exec(ctx: &Context, args: &ExecArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let mut cluster = ctx.connect(env).await?;
+    let mut env = env.clone();
     if let Some(host) = &args.host {
-        let names = cluster.names();
+        let names = env.all_hosts();
         if !names.contains(host) {
             anyhow::bail!(
                 "{} has no host `{host}`; its hosts are {}",
@@ -336,8 +336,12 @@ pub async fn exec(ctx: &Context, args: &ExecArgs) -> anyhow::Result<u8> {
                 names.join(", ")
             );
         }
-        cluster = cluster.subset(std::slice::from_ref(host));
+        env.hosts = vec![host.clone()];
+        env.canary = None;
     }
+    // A host that cannot be reached is one where the command failed; the
+    // others still run it.
+    let (cluster, lost) = ctx.connect_reachable(&env).await;
     let command = Arc::new(args.command.clone());
     let out = Arc::clone(&ctx.out);
     let results = cluster
@@ -356,7 +360,13 @@ pub async fn exec(ctx: &Context, args: &ExecArgs) -> anyhow::Result<u8> {
             Ok(exit.code)
         })
         .await;
-    let mut failed = Vec::new();
+    let mut failed: Vec<String> = lost
+        .iter()
+        .map(|(host, error)| {
+            ctx.out.result(&format!("{host}: UNREACHABLE: {error}"));
+            format!("{host} (unreachable)")
+        })
+        .collect();
     for (name, result) in cluster.names().into_iter().zip(results) {
         match result {
             Ok(Some(0)) => {}
@@ -371,7 +381,7 @@ pub async fn exec(ctx: &Context, args: &ExecArgs) -> anyhow::Result<u8> {
     ctx.out.result(&format!(
         "failed on {} of {} host(s): {}",
         failed.len(),
-        cluster.hosts.len(),
+        cluster.hosts.len() + lost.len(),
         failed.join(", ")
     ));
     Ok(exit::FAILED)
