@@ -296,6 +296,19 @@ impl Context {
         )
         .await?)
     }
+
+    /// Connects to the hosts of `env` that can be reached; returns the
+    /// others with why (for `status`, `releases`, `history`).
+    pub async fn connect_reachable(&self, env: &Environment) -> (Cluster, Vec<(String, String)>) {
+        let options = self.connect.clone();
+        Cluster::connect_reachable(
+            &env.all_hosts(),
+            &env.deploy_to,
+            env.parallel,
+            Arc::new(move |spec: &str| crate::transport::connect(spec, &options)),
+        )
+        .await
+    }
 }
 
 /// Who is deploying, as recorded in history and shown in chat.

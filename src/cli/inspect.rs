@@ -30,11 +30,19 @@ pub struct CheckArgs {
 pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
+    let (cluster, lost) = ctx.connect_reachable(env).await;
     let mut code = exit::OK;
     ctx.out
         .result(&format!("{} ({}):", args.environment, env.deploy_to));
-    for host in manage::status(&cluster).await {
+    let mut hosts = manage::status(&cluster).await;
+    // Unreachable hosts stay in config order among the others.
+    hosts.extend(lost.into_iter().map(|(host, error)| manage::HostStatus {
+        host,
+        state: Err(error),
+    }));
+    let order = env.all_hosts();
+    hosts.sort_by_key(|h| order.iter().position(|s| *s == h.host));
+    for host in hosts {
         let line = match &host.state {
             Err(e) => {
                 code = exit::ATTENTION;
@@ -128,32 +136,6 @@ pub async fn nginx(ctx: &Context, args: &NginxArgs) -> anyhow::Result<u8> {
         if !seen.contains(&snippet) {
             ctx.out.result(&format!("# for {}\n{snippet}", host.name()));
             seen.push(snippet);
-        }
-    }
-    Ok(exit::OK)
-}
-
-pub async fn releases(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
-    let loaded = ctx.load(&args.environment, None)?;
-    let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
-    let states = cluster.read_state().await?;
-    for (host, state) in cluster.hosts.iter().zip(&states) {
-        ctx.out.result(&format!("{}:", host.name()));
-        for id in &state.releases {
-            let mut marks = Vec::new();
-            if state.current.as_deref() == Some(id) {
-                marks.push("current");
-            }
-            if state.pinned.contains(id) {
-                marks.push("pinned");
-            }
-            let marks = if marks.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", marks.join(", "))
-            };
-            ctx.out.result(&format!("  {id}{marks}"));
         }
     }
     Ok(exit::OK)

@@ -10,6 +10,7 @@ mod ci;
 mod context;
 mod demo;
 mod deploy;
+mod history;
 mod hook;
 mod hook_env;
 mod inspect;
@@ -143,8 +144,15 @@ pub enum Command {
     /// Show, per host, the live release, open/closed, and any lock or
     /// interrupted rollout.
     Status(inspect::EnvArgs),
-    /// List the releases on each host, newest first.
-    Releases(inspect::EnvArgs),
+    /// List the releases on each host, newest first, marking the live one,
+    /// the rollback target and failed ones; identical hosts listed once.
+    Releases(history::ListArgs),
+    /// Show every rollout of an environment, newest first: who, when,
+    /// commit, release, outcome, duration and closed window.
+    History(history::ListArgs),
+    /// Run a command in the live release on every host (or `--host`);
+    /// exit 1 naming the hosts where it failed.
+    Exec(history::ExecArgs),
     /// Build the artifact of a commit without deploying it; prints its path
     /// and sha256.
     Build(deploy::BuildArgs),
@@ -225,7 +233,9 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Promote(args) => deploy::promote(ctx, &args).await,
         Command::Build(args) => deploy::build(ctx, &args),
         Command::Status(args) => inspect::status(ctx, &args).await,
-        Command::Releases(args) => inspect::releases(ctx, &args).await,
+        Command::Releases(args) => history::releases(ctx, &args).await,
+        Command::History(args) => history::history(ctx, &args).await,
+        Command::Exec(args) => history::exec(ctx, &args).await,
         Command::Check(args) => inspect::check(ctx, &args).await,
         Command::Nginx(args) => inspect::nginx(ctx, &args).await,
         Command::Recover(args) => inspect::recover(ctx, &args).await,

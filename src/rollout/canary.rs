@@ -46,7 +46,9 @@ pub(super) async fn canary(
     if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action)
         && let Err(failure) = steps::run_hook(cluster, r, hook).await
     {
-        return Err(steps::roll_back(cluster, r, &previous, failure).await);
+        return Err(
+            steps::roll_back(cluster, r, &previous, failure, steps::Clock::open(started)).await,
+        );
     }
     let settings = r.plan.canary.clone();
     let canaries: Vec<String> = settings
@@ -91,7 +93,14 @@ pub(super) async fn canary(
                 .filter(|h| !switched.contains(h))
                 .collect();
             super::rolling::clear_journals(&cluster.subset(&untouched)).await;
-            return Err(steps::roll_back(&cluster.subset(&switched), r, &previous, failure).await);
+            return Err(steps::roll_back(
+                &cluster.subset(&switched),
+                r,
+                &previous,
+                failure,
+                steps::Clock::open(started),
+            )
+            .await);
         }
     }
     let record = CanaryState {
@@ -212,9 +221,18 @@ async fn promote_locked(
     }
     .await;
     if let Err(failure) = outcome {
-        return Err(steps::roll_back(&hosts, r, &previous, failure).await);
+        return Err(
+            steps::roll_back(&hosts, r, &previous, failure, steps::Clock::open(started)).await,
+        );
     }
-    let warnings = steps::record(cluster, r, &previous, &by_host(cluster, &states)).await;
+    let warnings = steps::record(
+        cluster,
+        r,
+        &previous,
+        &by_host(cluster, &states),
+        steps::Clock::open(started),
+    )
+    .await;
     clear_record(cluster).await?;
     Ok(Report {
         release: canary.release.clone(),
@@ -250,6 +268,7 @@ async fn revert_locked(
         r,
         &previous,
         (Phase::Rollback, "canary reverted".to_owned()),
+        steps::Clock::open(started),
     )
     .await;
     clear_record(cluster).await?;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::state::Action;
-use super::steps::{self, PerHost, by_host};
+use super::steps::{self, Clock, PerHost, by_host};
 use super::{Cluster, RolloutError, lock};
 use crate::config::Strategy;
 use crate::notify::{Event, Phase};
@@ -105,8 +105,13 @@ async fn gated(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Repor
     let (previous, states) = prepare(cluster, r).await?;
 
     let closed_at = Instant::now();
+    let mut clock = Clock {
+        started,
+        closed_at: Some(closed_at),
+        closed_for: None,
+    };
     if let Err(failure) = switch_over(cluster, r, &previous).await {
-        return Err(steps::roll_back(cluster, r, &previous, failure).await);
+        return Err(steps::roll_back(cluster, r, &previous, failure, clock).await);
     }
     let mut warnings = Vec::new();
     if let Err((_, e)) = steps::phase(cluster, r, &previous, Phase::Open, |host| {
@@ -117,10 +122,11 @@ async fn gated(cluster: &Cluster, r: &Rollout, started: Instant) -> Result<Repor
         warnings.push(format!("opening: {e}"));
     }
     let closed_window = closed_at.elapsed();
+    clock.closed_for = Some(closed_window);
     if let Err((_, e)) = steps::background(cluster, r, &previous, true).await {
         warnings.push(e);
     }
-    warnings.extend(steps::record(cluster, r, &previous, &states).await);
+    warnings.extend(steps::record(cluster, r, &previous, &states, clock).await);
 
     Ok(Report {
         release: r.plan.release_id.clone(),

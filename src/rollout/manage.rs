@@ -57,6 +57,119 @@ pub async fn history(cluster: &Cluster) -> Result<Vec<HistoryEntry>, RolloutErro
         .collect())
 }
 
+/// Reads every host's history on its own: one unreachable host must not
+/// hide the others' records. `Err` holds why a host could not be read.
+pub async fn histories(cluster: &Cluster) -> Vec<(String, Result<Vec<HistoryEntry>, String>)> {
+    let results = cluster
+        .each(|host| host.run("reading history", host.layout.read_history()))
+        .await;
+    cluster
+        .names()
+        .into_iter()
+        .zip(results)
+        .map(|(name, r)| {
+            let entries = r.map(|out| {
+                out.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            });
+            (name, entries.map_err(|e| e.to_string()))
+        })
+        .collect()
+}
+
+/// One rollout as `slipway history` shows it, merged from the line each
+/// host recorded. Serialised as-is by `--json`: field names are stable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MergedRollout {
+    pub deploy_id: String,
+    /// When the first host recorded it (RFC 3339, UTC).
+    pub time: String,
+    pub action: Action,
+    pub release: String,
+    pub previous: Option<String>,
+    pub commit: String,
+    pub subject: Option<String>,
+    pub who: String,
+    /// `success`, `rolled-back`, or `mixed` when hosts disagree.
+    pub outcome: String,
+    /// The longest any host recorded.
+    pub duration_ms: Option<u64>,
+    pub closed_ms: Option<u64>,
+    /// Each host that recorded this rollout, with its own outcome.
+    pub hosts: std::collections::BTreeMap<String, Outcome>,
+}
+
+/// Merges per-host histories into one line per rollout (keyed by deploy id
+/// and action: a recovery reuses the id of the rollout it undid), newest
+/// first. Hosts record the same rollout independently, so where they
+/// disagree (a rolling batch rolled back, the rest kept) the outcome is
+/// `mixed` and `hosts` says which host ended how.
+pub fn merge_histories<'a>(
+    per_host: impl IntoIterator<Item = (&'a str, &'a [HistoryEntry])>,
+) -> Vec<MergedRollout> {
+    let mut merged: Vec<MergedRollout> = Vec::new();
+    for (host, entries) in per_host {
+        for e in entries {
+            let found = merged
+                .iter_mut()
+                .find(|m| m.deploy_id == e.deploy_id && m.action == e.action);
+            match found {
+                Some(m) => {
+                    if instant(&e.time) < instant(&m.time) {
+                        m.time.clone_from(&e.time);
+                    }
+                    m.duration_ms = m.duration_ms.max(e.duration_ms);
+                    m.closed_ms = m.closed_ms.max(e.closed_ms);
+                    if m.subject.is_none() {
+                        m.subject.clone_from(&e.subject);
+                    }
+                    m.hosts.insert(host.to_owned(), e.outcome);
+                }
+                None => merged.push(MergedRollout {
+                    deploy_id: e.deploy_id.clone(),
+                    time: e.time.clone(),
+                    action: e.action,
+                    release: e.release.clone(),
+                    previous: e.previous.clone(),
+                    commit: e.commit.clone(),
+                    subject: e.subject.clone(),
+                    who: e.who.clone(),
+                    outcome: String::new(),
+                    duration_ms: e.duration_ms,
+                    closed_ms: e.closed_ms,
+                    hosts: [(host.to_owned(), e.outcome)].into(),
+                }),
+            }
+        }
+    }
+    for m in &mut merged {
+        let mut outcomes = m.hosts.values();
+        let first = outcomes.next().copied();
+        m.outcome = match first {
+            Some(o) if outcomes.all(|x| *x == o) => outcome_word(o).to_owned(),
+            _ => "mixed".to_owned(),
+        };
+    }
+    // Parsed, not compared as text: RFC 3339 omits a zero fraction. The id
+    // breaks ties stably.
+    merged.sort_by(|a, b| (instant(&b.time), &b.deploy_id).cmp(&(instant(&a.time), &a.deploy_id)));
+    merged
+}
+
+/// A recorded time as a point in time; unreadable times sort oldest.
+pub fn instant(time: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The word `--json` and the text output use for an outcome.
+pub fn outcome_word(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::RolledBack => "rolled-back",
+    }
+}
+
 /// The release a rollback returns to: the one that ran before the current
 /// release was deployed. Rolling back twice goes back twice.
 pub fn rollback_target(history: &[HistoryEntry], current: Option<&str>) -> Option<HistoryEntry> {
@@ -118,6 +231,9 @@ pub async fn recover(
                 sha256: String::new(),
                 who: who.clone(),
                 outcome: Outcome::RolledBack,
+                subject: None,
+                duration_ms: None,
+                closed_ms: None,
             })
             .expect("history serialises");
             let script = host
@@ -189,7 +305,53 @@ mod tests {
             sha256: String::new(),
             who: String::new(),
             outcome,
+            subject: None,
+            duration_ms: None,
+            closed_ms: None,
         }
+    }
+
+    #[test]
+    fn hosts_merge_into_one_line_per_rollout_newest_first() {
+        let at = |e: HistoryEntry, id: &str, time: &str| HistoryEntry {
+            deploy_id: id.into(),
+            time: time.into(),
+            ..e
+        };
+        let web1 = [
+            at(
+                entry("a", None, Action::Deploy, Outcome::Success),
+                "d1",
+                "2026-01-01T00:00:01Z",
+            ),
+            at(
+                entry("b", Some("a"), Action::Deploy, Outcome::Success),
+                "d2",
+                "2026-01-02T00:00:00Z",
+            ),
+        ];
+        let web2 = [
+            at(
+                entry("a", None, Action::Deploy, Outcome::Success),
+                "d1",
+                "2026-01-01T00:00:00Z",
+            ),
+            at(
+                entry("b", Some("a"), Action::Deploy, Outcome::RolledBack),
+                "d2",
+                "2026-01-02T00:00:01Z",
+            ),
+        ];
+        let merged = merge_histories([("web1", &web1[..]), ("web2", &web2[..])]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].deploy_id, "d2");
+        assert_eq!(merged[0].outcome, "mixed");
+        assert_eq!(merged[0].hosts["web2"], Outcome::RolledBack);
+        assert_eq!(merged[1].outcome, "success");
+        assert_eq!(
+            merged[1].time, "2026-01-01T00:00:00Z",
+            "the earliest host's time"
+        );
     }
 
     #[test]

@@ -77,6 +77,33 @@ impl Cluster {
         Ok(Self { hosts, parallel })
     }
 
+    /// Connects to every host that can be reached: the cluster of those,
+    /// and each host that could not be with why. For commands that only
+    /// read, where one lost host must not hide the others.
+    pub async fn connect_reachable(
+        specs: &[String],
+        deploy_to: &str,
+        parallel: usize,
+        connect: Arc<Connector>,
+    ) -> (Self, Vec<(String, String)>) {
+        let deploy_to = deploy_to.to_owned();
+        let results = run_each(specs.to_vec(), parallel, move |spec: &String| {
+            let transport: Arc<dyn Transport> = Arc::from(connect(spec)?);
+            let layout = Layout::new(transport.resolve(&deploy_to));
+            Ok::<_, TransportError>(Host { transport, layout })
+        })
+        .await;
+        let mut hosts = Vec::new();
+        let mut unreachable = Vec::new();
+        for (spec, result) in specs.iter().zip(results) {
+            match result {
+                Ok(host) => hosts.push(host),
+                Err(e) => unreachable.push((spec.clone(), e.to_string())),
+            }
+        }
+        (Self { hosts, parallel }, unreachable)
+    }
+
     /// The hosts named in `names`, in cluster order.
     pub fn subset(&self, names: &[String]) -> Self {
         Self {

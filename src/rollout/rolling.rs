@@ -26,7 +26,9 @@ pub(super) async fn rolling(
     if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action)
         && let Err(failure) = steps::run_hook(cluster, r, hook).await
     {
-        return Err(steps::roll_back(cluster, r, &previous, failure).await);
+        return Err(
+            steps::roll_back(cluster, r, &previous, failure, steps::Clock::open(started)).await,
+        );
     }
     let names = cluster.names();
     // A batch of zero hosts would never finish; at least one host per batch.
@@ -53,12 +55,27 @@ pub(super) async fn rolling(
                 .collect();
             // Hosts that keep the new release record it; the rest forget the
             // staged rollout; then the failed ones go back.
-            steps::record(&cluster.subset(&kept), r, &previous, &states).await;
+            steps::record(
+                &cluster.subset(&kept),
+                r,
+                &previous,
+                &states,
+                steps::Clock::open(started),
+            )
+            .await;
             clear_journals(&cluster.subset(&untouched)).await;
-            return Err(steps::roll_back(&undo, r, &previous, failure).await);
+            return Err(steps::roll_back(
+                &undo,
+                r,
+                &previous,
+                failure,
+                steps::Clock::open(started),
+            )
+            .await);
         }
     }
-    warnings.extend(steps::record(cluster, r, &previous, &states).await);
+    warnings
+        .extend(steps::record(cluster, r, &previous, &states, steps::Clock::open(started)).await);
     Ok(Report {
         release: r.plan.release_id.clone(),
         previous: previous.values().next().cloned().flatten(),

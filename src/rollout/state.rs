@@ -56,6 +56,11 @@ pub struct CanaryState {
 }
 
 /// One line of `.slipway/history.jsonl`.
+///
+/// Fields added after the first release (`subject`, `duration_ms`,
+/// `closed_ms`) default when absent, so lines older slipways wrote still
+/// read; and they are left out when unknown, so an older slipway reading a
+/// newer line sees only fields it knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub time: String,
@@ -68,6 +73,16 @@ pub struct HistoryEntry {
     pub sha256: String,
     pub who: String,
     pub outcome: Outcome,
+    /// The first line of the commit's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// From taking the lock to recording this line, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// How long the hosts were closed (503), in milliseconds; absent for
+    /// strategies that never close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +211,25 @@ mod tests {
         assert_eq!(
             to_prune(&releases, 1, Some("r2"), Some("r1"), &ids(&["r4"])),
             ids(&["r6", "r5", "r3"])
+        );
+    }
+
+    #[test]
+    fn history_lines_of_older_slipways_still_read() {
+        // Written before subject, duration_ms and closed_ms existed.
+        let old = r#"{"time":"t","deploy_id":"d","environment":"production","action":"deploy","release":"r1","previous":null,"commit":"c","sha256":"","who":"ann","outcome":"success"}"#;
+        let entry: HistoryEntry = serde_json::from_str(old).unwrap();
+        assert_eq!((entry.subject, entry.duration_ms), (None, None));
+        // And a line without the new fields is written as before.
+        assert_eq!(
+            serde_json::to_string(&HistoryEntry {
+                subject: None,
+                duration_ms: None,
+                closed_ms: None,
+                ..serde_json::from_str(old).unwrap()
+            })
+            .unwrap(),
+            old
         );
     }
 

@@ -401,15 +401,17 @@ pub async fn health_check(
 }
 
 /// After the release is live on `cluster`: record history, prune, clear
-/// the journal. Returns warnings, never fails.
+/// the journal. Returns warnings, never fails. `clock` says how long the
+/// rollout took and how long hosts were closed, for the history line.
 pub async fn record(
     cluster: &Cluster,
     r: &Rollout,
     previous: &PerHost<Option<String>>,
     states: &PerHost<HostState>,
+    clock: Clock,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    let entries = history(r, previous, Outcome::Success);
+    let entries = history(r, previous, Outcome::Success, clock);
     let (plan, states, previous) = (
         Arc::clone(&r.plan),
         Arc::clone(states),
@@ -466,8 +468,9 @@ pub async fn roll_back(
     r: &Rollout,
     previous: &PerHost<Option<String>>,
     (phase, cause): StepFailure,
+    clock: Clock,
 ) -> RolloutError {
-    let entries = history(r, previous, Outcome::RolledBack);
+    let entries = history(r, previous, Outcome::RolledBack, clock);
     let (prev_map, id) = (Arc::clone(previous), r.deploy_id.clone());
     let results = each_timed(cluster, &r.sink, Phase::Rollback, move |host| {
         let script = host
@@ -570,8 +573,47 @@ fn journal(plan: &Plan, deploy_id: &str, previous: Option<String>, phase: Phase)
     .expect("journal serialises")
 }
 
+/// When a rollout started and, if it closed the hosts, when: the duration
+/// and closed window its history line records.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub started: Instant,
+    /// When the hosts were closed (gated rollouts only).
+    pub closed_at: Option<Instant>,
+    /// How long they stayed closed, once they are open again; until then
+    /// the window is measured up to the moment history is written.
+    pub closed_for: Option<Duration>,
+}
+
+impl Clock {
+    /// A rollout that never closes hosts (rolling, canary, promote).
+    pub fn open(started: Instant) -> Self {
+        Self {
+            started,
+            closed_at: None,
+            closed_for: None,
+        }
+    }
+
+    fn closed_ms(&self) -> Option<u64> {
+        self.closed_for
+            .or_else(|| self.closed_at.map(|at| at.elapsed()))
+            .map(millis)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// One history line per host (each host records what *it* ran before).
-fn history(r: &Rollout, previous: &PerHost<Option<String>>, outcome: Outcome) -> PerHost<String> {
+fn history(
+    r: &Rollout,
+    previous: &PerHost<Option<String>>,
+    outcome: Outcome,
+    clock: Clock,
+) -> PerHost<String> {
+    let (duration_ms, closed_ms) = (millis(clock.started.elapsed()), clock.closed_ms());
     Arc::new(
         previous
             .iter()
@@ -591,6 +633,9 @@ fn history(r: &Rollout, previous: &PerHost<Option<String>>, outcome: Outcome) ->
                         .unwrap_or_default(),
                     who: r.plan.deployer.clone(),
                     outcome,
+                    subject: Some(r.plan.commit.subject.clone()),
+                    duration_ms: Some(duration_ms),
+                    closed_ms,
                 })
                 .expect("history serialises");
                 (host.clone(), line)

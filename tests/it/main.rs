@@ -12,6 +12,7 @@ mod hooks;
 mod local;
 mod notify;
 mod operator;
+mod operator_history;
 mod output;
 mod ssh;
 mod ssh_setups;
