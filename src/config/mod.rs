@@ -17,6 +17,7 @@ mod locate;
 mod pins;
 mod schema;
 mod validate;
+mod wording;
 
 use std::path::Path;
 
@@ -140,7 +141,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Resul
             line,
             column,
             key: path.to_string(),
-            message: clean_message(inner.message()),
+            message: wording::plain_message(&clean_message(inner.message())),
         }
     })
 }
