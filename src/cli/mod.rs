@@ -251,6 +251,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<crate::config::UnknownEnvironment>()
             .is_some()
         || e.downcast_ref::<crate::config::PinViolation>().is_some()
+        || e.downcast_ref::<context::MissingIdentity>().is_some()
     {
         return exit::USAGE;
     }
