@@ -60,3 +60,166 @@ fn a_missing_identity_file_is_an_error_naming_it() {
         .failure(2)
         .contains(missing);
 }
+
+/// A new user's first minutes: `init` writes a config that slipway itself
+/// accepts, the user fills in hosts, and the very next commands it
+/// suggests work, up to a deploy to three hosts.
+#[test]
+fn init_then_check_then_deploy_to_three_hosts() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    std::fs::remove_file(app.path().join("slipway.toml")).expect("no config yet");
+    std::fs::create_dir_all(app.path().join("sub")).expect("subfolder");
+    let sub = app.path().join("sub");
+
+    // Run from a subfolder, as git would: the file lands at the top.
+    let run = crate::support::run::run(crate::support::run::slipway(&sub), &["init"]).success();
+    let config_path = app.path().join("slipway.toml");
+    let written = std::fs::read_to_string(&config_path).expect("init wrote slipway.toml");
+    let folder = app
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("folder name");
+    assert!(
+        written.contains(&format!("name = \"{folder}\"")),
+        "{written}"
+    );
+    let stdout = run.stdout();
+    let next: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("slipway "))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    assert!(next.len() >= 3, "{}", run.text());
+
+    // Never overwrites: the user's edits are safe from a second `init`.
+    std::fs::write(&config_path, format!("{written}\n# mine\n")).expect("edit");
+    app.slipway(&["init"])
+        .failure(1)
+        .contains("already exists")
+        .contains("--force");
+    assert!(
+        std::fs::read_to_string(&config_path)
+            .unwrap()
+            .ends_with("# mine\n")
+    );
+    app.slipway(&["init", "--force"]).success();
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), written);
+
+    // The user puts in real hosts, commits, checks and deploys.
+    let hosts = LocalHosts::new(&app, 3);
+    let edited = written.replacen(
+        "hosts = [\"deploy@web1.example.com\", \"deploy@web2.example.com\"]",
+        &format!("hosts = {}", hosts.toml()),
+        1,
+    );
+    assert_ne!(
+        edited, written,
+        "the production hosts line is where the test expects"
+    );
+    let edited = edited.replacen(
+        &format!("deploy_to = \"/srv/{folder}\""),
+        "deploy_to = \"/srv/app\"",
+        1,
+    );
+    app.commit("Configure slipway", &[("slipway.toml", &edited)]);
+    app.slipway(&["check"]).success().contains("is valid");
+    app.slipway(&["check", "production"]).success();
+    app.slipway(&["deploy", "production"]).success();
+    let live: Vec<Option<String>> = (0..3).map(|i| hosts.current(i)).collect();
+    assert!(
+        live[0].is_some() && live.iter().all(|r| r == &live[0]),
+        "{live:?}"
+    );
+}
+
+/// The file `init` writes, as a user reads it (app name filtered: it is
+/// the temporary folder's).
+#[test]
+fn init_writes_this_file() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    std::fs::remove_file(app.path().join("slipway.toml")).expect("no config yet");
+    app.slipway(&["init"]).success();
+    let written = std::fs::read_to_string(app.path().join("slipway.toml")).expect("written");
+    let folder = app.path().file_name().unwrap().to_str().unwrap().to_owned();
+    insta::assert_snapshot!("init_slipway_toml", written.replace(&folder, "[APP]"));
+}
+
+/// `slipway --help` is the first screen a new user reads.
+#[test]
+fn top_level_help() {
+    let app = App::new("", &[]);
+    let run = app.slipway(&["--help"]).success();
+    insta::with_settings!({filters => vec![(r"\d+\.\d+\.\d+", "[VERSION]")]}, {
+        insta::assert_snapshot!("slipway_help", run.stdout());
+    });
+}
+
+/// Completions come from the same definition as the parser, so they name
+/// every subcommand (a typo'd hand-written script would not).
+#[test]
+fn bash_completions_name_the_subcommands() {
+    let app = App::new("", &[]);
+    let script = app.slipway(&["completions", "bash"]).success().stdout();
+    assert!(script.contains("complete -F _slipway"), "{script}");
+    for sub in [
+        "deploy",
+        "rollback",
+        "check",
+        "init",
+        "releases",
+        "completions",
+    ] {
+        assert!(script.contains(sub), "no {sub} in the bash completions");
+    }
+    assert!(script.contains("--identity"), "flags are completed too");
+    let zsh = app.slipway(&["completions", "zsh"]).success().stdout();
+    assert!(zsh.starts_with("#compdef slipway"), "{zsh}");
+}
+
+/// The man page is real roff: groff renders it without complaint and the
+/// rendered page has the sections a man page has.
+#[test]
+fn man_page_renders_with_groff() {
+    let app = App::new("", &[]);
+    let page = app.slipway(&["man"]).success().stdout();
+    assert!(page.contains(".TH slipway 1"), "{page}");
+    let mut groff = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("groff is installed (.ci/run installs groff-base)");
+    use std::io::Write as _;
+    groff
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let checked = groff.wait_with_output().unwrap();
+    assert!(checked.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stderr),
+        "",
+        "groff warnings"
+    );
+
+    let rendered = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-P-cbou"])
+        .stdin(std::fs::File::open(write_page(&app, &page)).unwrap())
+        .output()
+        .expect("groff runs");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    for section in ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "SUBCOMMANDS"] {
+        assert!(text.contains(section), "no {section} in:\n{text}");
+    }
+    assert!(text.contains("slipway-deploy"), "{text}");
+}
+
+fn write_page(app: &App, page: &str) -> std::path::PathBuf {
+    let path = app.scratch("man").join("slipway.1");
+    std::fs::write(&path, page).expect("write page");
+    path
+}
