@@ -223,3 +223,67 @@ fn write_page(app: &App, page: &str) -> std::path::PathBuf {
     std::fs::write(&path, page).expect("write page");
     path
 }
+
+/// The demo used to hide its config and used a health form the README did
+/// not show: it must say where its slipway.toml is, and every key in that
+/// file must be one the README documents.
+#[test]
+fn the_demo_shows_its_config_and_uses_only_documented_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .env("CI", "true")
+        .output()
+        .expect("demo runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let config = dir
+        .path()
+        .canonicalize()
+        .expect("canonical")
+        .join("app/slipway.toml");
+    assert!(
+        text.contains(&config.display().to_string()),
+        "the demo does not say where its config is:\n{text}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let demo = std::fs::read_to_string(&config).expect("demo config");
+    for key in keys_of(&demo) {
+        assert!(
+            readme.contains(&format!("{key} = ")),
+            "the demo uses `{key}`, which README.md never shows"
+        );
+    }
+}
+
+/// Every `key = ` in a TOML text (top-level and inside inline tables),
+/// comments left out.
+fn keys_of(text: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(at) = rest.find(" = ") {
+            let before = &rest[..at];
+            let key: String = before
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            if !key.is_empty() && !before.ends_with('"') {
+                keys.push(key);
+            }
+            rest = &rest[at + 3..];
+        }
+    }
+    assert!(keys.len() > 10, "{keys:?}");
+    keys
+}
