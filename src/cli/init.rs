@@ -35,11 +35,10 @@ pub fn init(ctx: &Context, args: &InitArgs) -> anyhow::Result<u8> {
     std::fs::write(&path, template(&name))
         .with_context(|| format!("cannot write {}", path.display()))?;
     ctx.out.result(&format!(
-        "wrote {} for app {name}: set each environment's hosts, then\n  \
-         slipway check                  # the config is valid\n  \
-         git add {cfg} && git commit -m \"Configure slipway\"\n  \
-         slipway check production       # every host can take a deploy\n  \
-         slipway deploy production",
+        "wrote {} for app {name}; set each environment's hosts and deploy_to, then:\n  \
+         1. git add {cfg} && git commit -m \"Configure slipway\"   # slipway reads the committed file\n  \
+         2. slipway check production    # the config is valid and every host can take a deploy\n  \
+         3. slipway deploy production",
         path.display(),
         cfg = ctx.config_path,
     ));

@@ -84,13 +84,23 @@ fn init_then_check_then_deploy_to_three_hosts() {
         written.contains(&format!("name = \"{folder}\"")),
         "{written}"
     );
+    // It says the next three commands, in the order that works.
     let stdout = run.stdout();
     let next: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.trim_start().starts_with("slipway "))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    assert!(next.len() >= 3, "{}", run.text());
+        .filter_map(|l| {
+            l.trim_start()
+                .get(3..)
+                .filter(|_| l.trim_start().starts_with(['1', '2', '3']))
+        })
+        .collect();
+    assert_eq!(next.len(), 3, "{stdout}");
+    assert!(
+        next[0].starts_with("git add slipway.toml && git commit"),
+        "{stdout}"
+    );
+    assert!(next[1].starts_with("slipway check production"), "{stdout}");
+    assert!(next[2].starts_with("slipway deploy production"), "{stdout}");
 
     // Never overwrites: the user's edits are safe from a second `init`.
     std::fs::write(&config_path, format!("{written}\n# mine\n")).expect("edit");
@@ -122,9 +132,11 @@ fn init_then_check_then_deploy_to_three_hosts() {
         "deploy_to = \"/srv/app\"",
         1,
     );
+    // The three commands it suggested, as it suggested them.
     app.commit("Configure slipway", &[("slipway.toml", &edited)]);
-    app.slipway(&["check"]).success().contains("is valid");
-    app.slipway(&["check", "production"]).success();
+    app.slipway(&["check", "production"])
+        .success()
+        .contains("is valid");
     app.slipway(&["deploy", "production"]).success();
     let live: Vec<Option<String>> = (0..3).map(|i| hosts.current(i)).collect();
     assert!(
