@@ -625,3 +625,38 @@ fn wrong_type_for_a_number_says_whole_number() {
         "found the string \"five\", expected a whole number, e.g. 3"
     );
 }
+
+/// A required key left out is a "key", not serde's "field".
+#[test]
+fn missing_key_says_key() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"\ndeploy_hook",
+        "deploy_hook",
+    ));
+    assert_eq!(
+        err.message,
+        "missing key `deploy_to`, which is required here"
+    );
+}
+
+/// A misspelt value of a fixed set gets the same help as a misspelt key.
+#[test]
+fn misspelt_strategy_suggests_the_value() {
+    let err = parse_err(&edited("strategy = \"gated\"", "strategy = \"gatd\""));
+    assert_eq!(err.key, "environments.production.strategy");
+    assert_eq!(err.message, "unknown value `gatd`; did you mean `gated`?");
+}
+
+/// `batch = true` used to say "data did not match any variant of untagged
+/// enum Raw"; it must say what `batch` takes.
+#[test]
+fn wrong_batch_type_says_what_batch_takes() {
+    let err = parse_err(&edited(
+        "strategy = \"gated\"",
+        "strategy = \"rolling\"\nbatch = true",
+    ));
+    assert_eq!(err.key, "environments.production.batch");
+    assert_eq!(err.line, 17, "the line after `strategy`");
+    assert!(!err.message.contains("untagged"), "{}", err.message);
+    assert!(err.message.contains("\"34%\""), "{}", err.message);
+}

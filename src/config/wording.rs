@@ -11,13 +11,17 @@
 /// a wild guess is worse than none.
 const MAX_SUGGESTION_DISTANCE: usize = 3;
 
-/// Rewrites one serde/toml message into plain words.
+/// Rewrites one serde/toml message into plain words ("field" and "variant"
+/// are serde's words; the file has keys and values).
 pub(crate) fn plain_message(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field ") {
         return unknown_name("key", rest).unwrap_or_else(|| message.to_owned());
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         return unknown_name("value", rest).unwrap_or_else(|| message.to_owned());
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        return format!("missing key {rest}, which is required here");
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
         return invalid_type(rest).unwrap_or_else(|| message.to_owned());
