@@ -28,6 +28,7 @@ pub use pins::{
 pub use schema::*;
 pub use validate::is_plain_path_char;
 pub(crate) use validate::is_variable_name;
+pub(crate) use wording::closest;
 
 use error::{KeyPath, Segment, line_column};
 use locate::Locator;

@@ -65,7 +65,7 @@ fn unknown_name(what: &str, rest: &str) -> Option<String> {
 
 /// The allowed name nearest to `given`, if any is near enough. Case is
 /// ignored so `Deploy_To` still finds `deploy_to`.
-fn closest<'a>(given: &str, names: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(given: &str, names: &[&'a str]) -> Option<&'a str> {
     let given = given.to_lowercase();
     names
         .iter()
