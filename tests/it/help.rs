@@ -161,7 +161,10 @@ fn init_writes_this_file() {
 #[test]
 fn top_level_help() {
     let app = App::new("", &[]);
-    let run = app.slipway(&["--help"]).success();
+    // clap wraps to the terminal, or to $COLUMNS: pin it.
+    let run = app
+        .slipway_env(&["--help"], &[("COLUMNS", "100")])
+        .success();
     insta::with_settings!({filters => vec![(r"\d+\.\d+\.\d+", "[VERSION]")]}, {
         insta::assert_snapshot!("slipway_help", run.stdout());
     });
