@@ -27,6 +27,13 @@ pub struct Context {
     pub on_git_server: bool,
 }
 
+/// An `--identity` file that is not there.
+#[derive(Debug, thiserror::Error)]
+#[error("identity file {} does not exist (from --identity / SLIPWAY_IDENTITY); check the path", .path.display())]
+pub struct MissingIdentity {
+    pub path: std::path::PathBuf,
+}
+
 /// A commit and the config it carries.
 pub struct Loaded {
     pub repo: Repo,
@@ -46,6 +53,12 @@ impl Context {
                 .then(|| cli.repo.join(config::PIN_FILE))
                 .filter(|p| p.exists())
         });
+        // A mistyped `-i` path used to be skipped silently, and the run
+        // then failed later as "permission denied" or, worse, succeeded
+        // with another key from the agent.
+        if let Some(path) = cli.identities.iter().find(|p| !p.is_file()) {
+            return Err(MissingIdentity { path: path.clone() }.into());
+        }
         let pins = match pin_file {
             Some(path) => Some((config::load_pins(&path)?, path)),
             None => None,

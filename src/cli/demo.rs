@@ -41,6 +41,10 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
         .collect();
     ctx.out.info(&format!("slipway demo in {}", dir.display()));
     make_app(&app, &hosts)?;
+    ctx.out.info(&format!(
+        "its config: {}  (every key is in the README, \"Configure\")",
+        app.join("slipway.toml").display()
+    ));
     let ctx = ctx.with_repo(&app);
     let deploy_args = || DeployArgs {
         environment: "production".into(),
@@ -77,6 +81,10 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
     ctx.out.info("\n### where to look");
     ctx.out
         .info(&format!("  the app repository:    {}", app.display()));
+    ctx.out.info(&format!(
+        "  its slipway.toml:      {}",
+        app.join("slipway.toml").display()
+    ));
     for host in &hosts {
         ctx.out.info(&format!("  a host's deploy root:  {}/srv/demo  (current, releases/, shared/, .slipway/history.jsonl)", host.display()));
     }

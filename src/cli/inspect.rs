@@ -220,12 +220,28 @@ fn check_one(
     } else {
         format!("host key verified, {}", transport.describe())
     }];
+    // The script prints `missing` before `writable`, so the writable line
+    // can say which directory it was judged on.
+    let mut missing: Option<String> = None;
     for line in output.lines() {
         let fields: Vec<&str> = line.split('\t').collect();
         match fields.as_slice() {
             ["user", user] => facts.push(format!("user {user}")),
-            ["writable", "yes"] => facts.push(format!("{} writable", layout.root())),
-            ["writable", _] => problems.push(format!("{} is not writable", layout.root())),
+            ["missing", parent] => missing = Some((*parent).to_owned()),
+            ["writable", "yes"] => facts.push(match &missing {
+                Some(parent) => format!(
+                    "{} does not exist yet (the first deploy creates it; {parent} writable)",
+                    layout.root()
+                ),
+                None => format!("{} writable", layout.root()),
+            }),
+            ["writable", _] => problems.push(match &missing {
+                Some(parent) => format!(
+                    "{} does not exist and {parent} is not writable to create it",
+                    layout.root()
+                ),
+                None => format!("{} is not writable", layout.root()),
+            }),
             ["free_kib", kib] => match kib.parse::<u64>() {
                 Ok(kib) if kib < 100 * 1024 => {
                     problems.push(format!("only {} MiB free", kib / 1024))

@@ -10,9 +10,11 @@ mod ci;
 mod context;
 mod demo;
 mod deploy;
+mod docs;
 mod history;
 mod hook;
 mod hook_env;
+mod init;
 mod inspect;
 mod notify;
 mod output;
@@ -182,6 +184,16 @@ pub enum Command {
     /// Check the chat, monitoring and CDN notifiers of `[notify]`.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Write a commented slipway.toml for this repository to start from.
+    Init(init::InitArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(env = "SLIPWAY_SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print slipway's man page (roff), e.g. `slipway man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +259,9 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Notify(NotifyCommand::Test { environment }) => {
             notify::notify_test(ctx, &environment).await
         }
+        Command::Init(args) => init::init(ctx, &args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man => docs::man(),
     }
 }
 
@@ -261,6 +276,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         || e.downcast_ref::<crate::config::UnknownEnvironment>()
             .is_some()
         || e.downcast_ref::<crate::config::PinViolation>().is_some()
+        || e.downcast_ref::<context::MissingIdentity>().is_some()
     {
         return exit::USAGE;
     }

@@ -17,6 +17,7 @@ mod locate;
 mod pins;
 mod schema;
 mod validate;
+mod wording;
 
 use std::path::Path;
 
@@ -27,6 +28,7 @@ pub use pins::{
 pub use schema::*;
 pub use validate::is_plain_path_char;
 pub(crate) use validate::is_variable_name;
+pub(crate) use wording::closest;
 
 use error::{KeyPath, Segment, line_column};
 use locate::Locator;
@@ -140,7 +142,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Resul
             line,
             column,
             key: path.to_string(),
-            message: clean_message(inner.message()),
+            message: wording::plain_message(&clean_message(inner.message())),
         }
     })
 }

@@ -307,7 +307,9 @@ impl<'de> Deserialize<'de> for Share {
                 "expected a number of hosts (e.g. 2) or a share (e.g. \"34%\")",
             )
         };
-        match Raw::deserialize(d)? {
+        // serde's own error here ("did not match any variant of untagged
+        // enum") means nothing to a user; say what is accepted instead.
+        match Raw::deserialize(d).map_err(|_: D::Error| bad())? {
             Raw::Count(n) if n >= 0 => Ok(Self::Hosts(usize::try_from(n).map_err(|_| bad())?)),
             Raw::Text(t) => {
                 let p: u8 = t

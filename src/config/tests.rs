@@ -569,3 +569,94 @@ fn artifact_trusted_keys_must_be_ed25519_public_keys() {
     );
     assert!(err.message.contains("OpenSSH public key"), "{err}");
 }
+
+/// Issue 15: a misspelt key used to get serde's list of every allowed name;
+/// the user wants the one they meant, still pinned to file, line and key.
+#[test]
+fn misspelt_key_suggests_the_right_one() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"",
+        "deploy_too = \"/srv/shop\"",
+    ));
+    assert_at(&err, 18, 1, "environments.production.deploy_too");
+    assert_eq!(
+        err.message,
+        "unknown key `deploy_too`; did you mean `deploy_to`?"
+    );
+    assert!(err.to_string().starts_with("slipway.toml:18:1: "), "{err}");
+}
+
+/// A typo in a short top-level key is still caught (`nmae` → `name`).
+#[test]
+fn transposed_letters_suggest_the_key() {
+    let err = parse_err(&edited("name = \"shop\"", "nmae = \"shop\""));
+    assert_eq!(err.message, "unknown key `nmae`; did you mean `name`?");
+}
+
+/// A key that resembles nothing gets no wild guess and no list of twenty.
+#[test]
+fn unrelated_key_gets_no_guess() {
+    let err = parse_err(&edited("hosts = [", "colour_scheme = ["));
+    assert!(!err.message.contains("did you mean"), "{}", err.message);
+    assert!(!err.message.contains("deploy_hook"), "{}", err.message);
+    assert!(err.message.contains("`colour_scheme`"), "{}", err.message);
+}
+
+/// "expected a sequence" is serde's word; TOML users write lists.
+#[test]
+fn wrong_type_for_a_list_says_list() {
+    let err = parse_err(&edited(
+        "secrets = [\"DATABASE_URL\"]",
+        "secrets = \"DATABASE_URL\"",
+    ));
+    assert_eq!(err.key, "environments.production.secrets");
+    assert_eq!(
+        err.message,
+        "found the string \"DATABASE_URL\", expected a list, e.g. [\"a\", \"b\"]"
+    );
+}
+
+/// Numbers and tables get plain words too.
+#[test]
+fn wrong_type_for_a_number_says_whole_number() {
+    let err = parse_err(&edited("keep_releases = 5", "keep_releases = \"five\""));
+    assert_eq!(
+        err.message,
+        "found the string \"five\", expected a whole number, e.g. 3"
+    );
+}
+
+/// A required key left out is a "key", not serde's "field".
+#[test]
+fn missing_key_says_key() {
+    let err = parse_err(&edited(
+        "deploy_to = \"/srv/shop\"\ndeploy_hook",
+        "deploy_hook",
+    ));
+    assert_eq!(
+        err.message,
+        "missing key `deploy_to`, which is required here"
+    );
+}
+
+/// A misspelt value of a fixed set gets the same help as a misspelt key.
+#[test]
+fn misspelt_strategy_suggests_the_value() {
+    let err = parse_err(&edited("strategy = \"gated\"", "strategy = \"gatd\""));
+    assert_eq!(err.key, "environments.production.strategy");
+    assert_eq!(err.message, "unknown value `gatd`; did you mean `gated`?");
+}
+
+/// `batch = true` used to say "data did not match any variant of untagged
+/// enum Raw"; it must say what `batch` takes.
+#[test]
+fn wrong_batch_type_says_what_batch_takes() {
+    let err = parse_err(&edited(
+        "strategy = \"gated\"",
+        "strategy = \"rolling\"\nbatch = true",
+    ));
+    assert_eq!(err.key, "environments.production.batch");
+    assert_eq!(err.line, 17, "the line after `strategy`");
+    assert!(!err.message.contains("untagged"), "{}", err.message);
+    assert!(err.message.contains("\"34%\""), "{}", err.message);
+}

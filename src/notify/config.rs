@@ -15,10 +15,11 @@ use thiserror::Error;
 /// Why `[notify]` cannot be used. Each variant names the key at fault.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum NotifyConfigError {
-    #[error("`{key}` is not a notifier slipway knows; use one of: {known}")]
-    UnknownNotifier { key: String, known: String },
-    #[error("`{key}` is not a setting slipway knows; the settings here are: {allowed}")]
-    UnknownKey { key: String, allowed: String },
+    /// `hint` is "did you mean `x`?" for a near miss, else the names known.
+    #[error("`{key}` is not a notifier slipway knows; {hint}")]
+    UnknownNotifier { key: String, hint: String },
+    #[error("`{key}` is not a setting slipway knows; {hint}")]
+    UnknownKey { key: String, hint: String },
     #[error("`{key}` is missing; {hint}")]
     Missing { key: String, hint: String },
     #[error("`{key}` must be {expected}")]
@@ -36,6 +37,15 @@ pub enum NotifyConfigError {
 }
 
 type Result<T> = std::result::Result<T, NotifyConfigError>;
+
+/// "did you mean `webhook_env`?" when `given` is a near miss of one of
+/// `names`, else "`{what}`: every name", so a typo gets one answer, not a list.
+pub(crate) fn hint(given: &str, names: &[&str], what: &str) -> String {
+    match crate::config::closest(given, names) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => format!("{what}: {}", names.join(", ")),
+    }
+}
 
 /// One table being read, remembering which keys were looked at.
 pub struct Keys<'a> {
@@ -66,7 +76,7 @@ impl<'a> Keys<'a> {
             if !allowed.contains(&key.as_str()) {
                 return Err(NotifyConfigError::UnknownKey {
                     key: format!("{prefix}.{key}"),
-                    allowed: allowed.join(", "),
+                    hint: hint(key, allowed, "the settings here are"),
                 });
             }
         }
@@ -258,7 +268,13 @@ mod tests {
         let err = Keys::new("notify.slack", &t, &["webhook_env"], &process_env).err();
         assert_eq!(
             err.map(|e| e.to_string()),
-            Some("`notify.slack.webhok_env` is not a setting slipway knows; the settings here are: webhook_env".to_owned())
+            Some("`notify.slack.webhok_env` is not a setting slipway knows; did you mean `webhook_env`?".to_owned())
+        );
+        let t = table("colour = \"red\"");
+        let err = Keys::new("notify.slack", &t, &["webhook_env", "events"], &process_env).err();
+        assert_eq!(
+            err.map(|e| e.to_string()),
+            Some("`notify.slack.colour` is not a setting slipway knows; the settings here are: webhook_env, events".to_owned())
         );
     }
 

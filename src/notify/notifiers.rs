@@ -489,7 +489,7 @@ fn parse_service(
         known.extend(SETTINGS);
         return Err(NotifyConfigError::UnknownNotifier {
             key: format!("notify.{key}"),
-            known: known.join(", "),
+            hint: super::config::hint(key, &known, "use one of"),
         });
     };
     let keys = Keys::notifier(key, value, allowed, env)?;

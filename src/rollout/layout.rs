@@ -348,6 +348,9 @@ impl Layout {
     /// Reports what a deploy needs of this host as `key<TAB>value` lines:
     /// the login user, whether `deploy_to` is writable, free space, and the
     /// tools the scripts use. Never fails: a missing piece is a line.
+    /// Read-only: a `deploy_to` that does not exist yet is not created;
+    /// its nearest existing parent must be writable instead, since the
+    /// first deploy creates it there.
     pub fn check(&self) -> Result<Script, Unquotable> {
         Ok(Script::from_trusted(format!(
             "d={}\n{CHECK}",
@@ -590,8 +593,9 @@ fn indent(text: &str) -> String {
 }
 
 const CHECK: &str = r#"printf 'user\t%s\n' "$(id -un)"
-if mkdir -p "$d" 2>/dev/null && touch "$d/.slipway-check.$$" 2>/dev/null; then rm -f "$d/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+if [ "$p" != "$d" ]; then printf 'missing\t%s\n' "$p"; fi
+if touch "$p/.slipway-check.$$" 2>/dev/null; then rm -f "$p/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
 for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;

@@ -8,6 +8,7 @@ mod artifact_trust;
 mod bounds;
 mod ci;
 mod deb;
+mod help;
 mod hooks;
 mod local;
 mod notify;
