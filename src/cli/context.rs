@@ -336,7 +336,34 @@ pub fn deployer() -> String {
     ]
     .iter()
     .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    // CI jobs and containers often have no $USER: git's user.name, then the
+    // account's name, say who it was better than "unknown".
+    .or_else(git_user_name)
+    .or_else(account_name)
     .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn git_user_name() -> Option<String> {
+    let mut git = std::process::Command::new("git");
+    if let Some(repo) = std::env::var_os("SLIPWAY_REPO") {
+        git.arg("-C").arg(repo);
+    }
+    let out = git.args(["config", "user.name"]).output().ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !name.is_empty()).then_some(name)
+}
+
+/// The name /etc/passwd gives this process's user.
+fn account_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
 }
 
 /// A unique id for one rollout: time and process, safe in file names.

@@ -87,3 +87,29 @@ fn deploying_the_live_release_again_is_a_no_op_unless_forced() {
     app.slipway(&["deploy", "production", "--force"]).success();
     assert_eq!(hosts.history(0).len(), 2);
 }
+
+/// In CI jobs and containers `$USER` is often unset, and history said the
+/// deployer was "unknown". git's user.name is the next best answer.
+#[test]
+fn the_deployer_falls_back_to_gits_user_name() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 1);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
+    app.git(&["config", "user.name", "Dana Deployer"]);
+    let mut cmd = slipway(app.path());
+    for var in [
+        "SLIPWAY_USER",
+        "GL_USER",
+        "REMOTE_USER",
+        "GITHUB_ACTOR",
+        "USER",
+        "LOGNAME",
+    ] {
+        cmd.env_remove(var);
+    }
+    run(cmd, &["deploy", "production"]).success();
+    assert_eq!(hosts.history(0)[0]["who"], "Dana Deployer");
+}
