@@ -79,6 +79,27 @@ impl Story {
         )
     }
 
+    /// `slipway build --sign key` of HEAD; the path of the built tar.gz
+    /// (its signature lies beside it).
+    fn build_signed(&self, key: &Path) -> PathBuf {
+        let out = self.app.scratch("out");
+        self.app
+            .slipway(&[
+                "build",
+                "--out",
+                out.to_str().unwrap(),
+                "--sign",
+                key.to_str().unwrap(),
+            ])
+            .success()
+            .contains("signed:");
+        std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+            .expect("the build wrote a tar.gz")
+    }
+
     /// Refused before any host was touched, and nothing outside changed.
     #[track_caller]
     fn assert_refused_untouched(&self, run: Run, reason: &str) {
@@ -314,23 +335,7 @@ fn with_trusted_keys_only_an_artifact_signed_by_one_deploys() {
     let story = Story::new(&format!(
         "\n[artifact]\ntrusted_keys = [\"{builder_pub}\"]\n"
     ));
-    let out = story.app.scratch("out");
-    story
-        .app
-        .slipway(&[
-            "build",
-            "--out",
-            out.to_str().unwrap(),
-            "--sign",
-            builder.to_str().unwrap(),
-        ])
-        .success()
-        .contains("signed:");
-    let built = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .unwrap();
+    let built = story.build_signed(&builder);
     let sig = PathBuf::from(format!("{}.sig", built.display()));
     assert!(sig.exists());
 
@@ -493,22 +498,7 @@ fn keys_pinned_by_the_owner_override_the_commits_own_list() {
             pins.to_str().unwrap(),
         ])
         .success();
-    let out = story.app.scratch("out");
-    story
-        .app
-        .slipway(&[
-            "build",
-            "--out",
-            out.to_str().unwrap(),
-            "--sign",
-            pusher.to_str().unwrap(),
-        ])
-        .success();
-    let built = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .unwrap();
+    let built = story.build_signed(&pusher);
     let deploy = |extra: &[&str]| {
         let mut args = extra.to_vec();
         args.extend([

@@ -517,10 +517,8 @@ fn the_cli_with_pins_takes_the_branch_from_the_pin_and_refuses_a_mismatch() {
 fn a_git_server_without_bwrap_refuses_build_steps_unless_the_owner_allows_it() {
     let app = App::new("", &[("index.html", "v1\n")]);
     let hosts = LocalHosts::new(&app, 1);
-    let config = format!(
-        "[app]\nname = \"shop\"\n[build]\nsteps = [{{ name = \"touch\", run = \"echo built > built.txt\" }}]\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n",
-        hosts.toml(),
-        hosts.deploy_to
+    let config = hosts.production_config(
+        "[build]\nsteps = [{ name = \"touch\", run = \"echo built > built.txt\" }]\n",
     );
     app.commit("With a build step", &[("slipway.toml", &config)]);
     let server = GitServer::new(&app);
