@@ -77,12 +77,28 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// What a rollout was asked to do; recorded in history, named in events
+/// and messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    #[default]
+    Deploy,
+    Rollback,
+    Recover,
+    Canary,
+    Promote,
+    /// A canary's switched hosts sent back (`rollback` during a canary).
+    Revert,
+}
+
 /// One thing that happened during a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     Started {
         deploy_id: String,
+        action: Action,
         app: String,
         environment: String,
         release: String,
@@ -109,6 +125,7 @@ pub enum Event {
     Note { message: String },
     Succeeded {
         deploy_id: String,
+        action: Action,
         release: String,
         previous: Option<String>,
         #[serde(with = "secs")]
@@ -118,6 +135,7 @@ pub enum Event {
     },
     Failed {
         deploy_id: String,
+        action: Action,
         release: String,
         error: String,
         /// Where the hosts ended up, when the failure was rolled back.

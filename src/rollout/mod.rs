@@ -8,11 +8,14 @@
 //! transport calls run on blocking threads, at most `parallel` at a time.
 
 pub mod canary;
+pub mod executor;
 pub mod gated;
 pub mod health;
+pub mod interrupt;
 pub mod layout;
 pub mod lock;
 pub mod manage;
+pub mod program;
 pub mod rolling;
 pub mod state;
 pub mod steps;
@@ -24,8 +27,26 @@ use tokio::sync::Semaphore;
 use crate::notify::Phase;
 use crate::transport::{Transport, TransportError, Unquotable};
 
+pub use interrupt::Interrupt;
 pub use layout::Layout;
+pub use program::Program;
 pub use state::{HostState, LockOwner};
+
+/// Compiles `action` of `plan` with the environment's strategy: a deploy
+/// is gated, rolling or canary; a rollback (`--to` too) is gated in a gated
+/// environment and rolling otherwise, never a canary.
+pub fn compile(plan: &crate::plan::Plan, action: state::Action) -> Program {
+    use crate::config::Strategy;
+    match (action, plan.strategy) {
+        (state::Action::Deploy, Strategy::Gated) => gated::program(plan, action),
+        (state::Action::Deploy, Strategy::Rolling) => rolling::program(plan, action),
+        (state::Action::Deploy, Strategy::Canary) => canary::program(plan),
+        (_, Strategy::Gated) => gated::program(plan, state::Action::Rollback),
+        (_, Strategy::Rolling | Strategy::Canary) => {
+            rolling::program(plan, state::Action::Rollback)
+        }
+    }
+}
 
 /// Opens a transport to a host spec; injected so tests and callers choose
 /// how hosts are reached.
@@ -247,13 +268,25 @@ pub enum RolloutError {
         failed: Vec<String>,
         errors: Vec<String>,
     },
-    #[error("release {release} failed at {phase}: {cause}\n{}", rolled_back_text(.restored_to.as_deref(), .unreachable))]
+    #[error("release {release} failed at {phase}: {cause}\n{}", rolled_back_text(.restored_to.as_deref(), .left))]
     RolledBack {
         release: String,
         phase: Phase,
         cause: String,
         restored_to: Option<String>,
-        unreachable: Vec<String>,
+        /// The hosts the undo did not bring back (boxed: errors stay small).
+        left: Box<LeftBehind>,
+    },
+    #[error(
+        "{release} is live, but not on every host; each host as slipway last saw it:\n  {}\nrun `slipway recover {environment}` once {} reachable: it finishes this rollout there", .hosts.join("\n  "), were(.lost)
+    )]
+    Incomplete {
+        environment: String,
+        release: String,
+        /// One line per host: its state.
+        hosts: Vec<String>,
+        /// The hosts that failed after the point of no return.
+        lost: Vec<String>,
     },
     #[error(
         "the secret `{0}` is not set in this environment; set it where slipway runs (it is never read from the repository)"
@@ -286,16 +319,63 @@ fn attempts_text(attempts: u32) -> String {
     }
 }
 
-fn rolled_back_text(to: Option<&str>, unreachable: &[String]) -> String {
+fn were(hosts: &[String]) -> String {
+    match hosts {
+        [one] => format!("{one} is"),
+        many => format!("{} are", many.join(", ")),
+    }
+}
+
+/// After an undo, the hosts it could not bring back, and those that were
+/// meant to keep the new release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeftBehind {
+    /// Hosts the undo could not reach.
+    pub unreachable: Vec<String>,
+    /// Those of them that were closed when they were lost.
+    pub left_closed: Vec<String>,
+    /// Hosts past their point of no return, which keep the release
+    /// (rolling with `on_failure = "rollback-batch"`).
+    pub kept: Vec<String>,
+}
+
+fn rolled_back_text(to: Option<&str>, left: &LeftBehind) -> String {
+    let LeftBehind {
+        unreachable,
+        left_closed,
+        kept,
+    } = left;
     let mut text = match to {
         Some(id) => format!("every reachable host is back on {id} and open"),
         None => "every reachable host is back to having no release and open".to_owned(),
     };
-    if !unreachable.is_empty() {
+    if !kept.is_empty() {
         text.push_str(&format!(
-            "\nnot reachable, left closed: {} (run `slipway recover` once they are back)",
-            unreachable.join(", ")
+            "\nkept on the new release (on_failure = \"rollback-batch\"): {}",
+            kept.join(", ")
         ));
+    }
+    if !left_closed.is_empty() {
+        text.push_str(&format!(
+            "\nnot reachable, left closed: {}",
+            left_closed.join(", ")
+        ));
+    }
+    let open: Vec<&String> = unreachable
+        .iter()
+        .filter(|h| !left_closed.contains(h))
+        .collect();
+    if !open.is_empty() {
+        text.push_str(&format!(
+            "\nnot reachable, never closed (may still serve the new release): {}",
+            open.iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !unreachable.is_empty() {
+        text.push_str("\nrun `slipway recover` once they are back: it finishes the undo there");
     }
     text
 }
@@ -304,8 +384,9 @@ impl RolloutError {
     /// The process exit code for this failure; scripts rely on these.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::RolledBack { unreachable, .. } if !unreachable.is_empty() => 4,
+            Self::RolledBack { left, .. } if !left.unreachable.is_empty() => 4,
             Self::RolledBack { .. } => 3,
+            Self::Incomplete { .. } => 4,
             Self::Locked { .. } => 5,
             Self::Interrupted { .. } => 4,
             _ => 1,
