@@ -258,8 +258,8 @@ pub fn recovery(hosts: &[(String, HostState, Vec<HistoryEntry>)]) -> Option<Reco
 /// switching any (old and new never serve side by side), switch them all
 /// (forward to its release, or back), open, restart workers and cron,
 /// record, unlock. Finishing commits first (a failure then is reported,
-/// never undone back into mixed versions); undoing does not (a failure
-/// reopens the hosts it closed, on the release they went back to).
+/// never undone back into mixed versions); undoing commits once the hosts
+/// are back (a failure before that reopens the hosts it closed).
 pub fn recover_program(plan: &crate::plan::Plan, rec: &Recovery, all: &[String]) -> super::Program {
     use super::program::{Op, Program};
     let j = &rec.hosts;
@@ -273,7 +273,8 @@ pub fn recover_program(plan: &crate::plan::Plan, rec: &Recovery, all: &[String])
     p.step(Op::Close, j);
     match rec.direction {
         Direction::Finish => p.step(Op::Switch, j),
-        Direction::Undo => p.step(Op::SwitchBack, j),
+        // Once back, they stay back: what follows is reported, not undone.
+        Direction::Undo => p.step(Op::SwitchBack, j).step(Op::Commit, j),
     };
     p.step(Op::Open, j);
     if background {

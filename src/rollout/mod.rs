@@ -393,3 +393,144 @@ impl RolloutError {
         }
     }
 }
+
+/// The program of every strategy and action, pinned: what `--dry-run`
+/// prints is what runs, so a change here is a change in behaviour and
+/// shows up in review as a snapshot diff.
+#[cfg(test)]
+mod programs {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::manage::{Direction, Recovery, recover_program};
+    use super::state::{Action, CanaryState};
+    use super::{canary, compile};
+    use crate::plan::Plan;
+    use crate::source::Commit;
+
+    fn plan(strategy_lines: &str) -> Plan {
+        let text = format!(
+            r#"[app]
+name = "shop"
+
+[environments.production]
+branch = "production"
+hosts = ["web1", "web2", "web3", "web4"]
+deploy_to = "/srv/shop"
+deploy_hook = "bin/migrate"
+workers = {{ stop = "systemctl stop shop-worker", start = "systemctl start shop-worker" }}
+health = {{ command = "curl -fsS localhost/health" }}
+{strategy_lines}
+"#
+        );
+        let config = crate::config::parse(&text, Path::new("slipway.toml")).expect("valid config");
+        let env = config.environment("production").expect("production");
+        let commit = Commit {
+            id: "1a2b3c4d5e6f".into(),
+            short: "1a2b3c4".into(),
+            time: 1_700_000_000,
+            subject: "Fix the checkout".into(),
+            author: "a".into(),
+            committer: "c".into(),
+        };
+        crate::plan::plan(&config, "production", env, "production", &commit, "alice")
+    }
+
+    fn canary_record(p: &Plan) -> CanaryState {
+        CanaryState {
+            deploy_id: "d1".into(),
+            release: p.release_id.clone(),
+            commit: p.commit.id.clone(),
+            previous: p
+                .hosts
+                .iter()
+                .map(|h| (h.clone(), Some("20231101T000000Z-0000000".to_owned())))
+                .collect(),
+            switched: vec!["web1".into(), "web2".into()],
+            since: "2023-11-14T22:13:20Z".into(),
+        }
+    }
+
+    #[test]
+    fn gated_deploy_and_rollback() {
+        let p = plan(r#"strategy = "gated""#);
+        insta::assert_snapshot!(compile(&p, Action::Deploy).render());
+        insta::assert_snapshot!(compile(&p, Action::Rollback).render());
+    }
+
+    #[test]
+    fn rolling_deploy_both_failure_policies_and_rollback() {
+        let all = plan("strategy = \"rolling\"\nbatch = \"50%\"");
+        insta::assert_snapshot!(compile(&all, Action::Deploy).render());
+        let batch =
+            plan("strategy = \"rolling\"\nbatch = \"50%\"\non_failure = \"rollback-batch\"");
+        insta::assert_snapshot!(compile(&batch, Action::Deploy).render());
+        insta::assert_snapshot!(compile(&all, Action::Rollback).render());
+    }
+
+    #[test]
+    fn canary_deploy_promote_and_revert() {
+        let p = plan(
+            "strategy = \"canary\"\ncanary = { hosts = [\"web1\"], share = \"34%\", check = \"bin/smoke\" }",
+        );
+        insta::assert_snapshot!(compile(&p, Action::Deploy).render());
+        let record = canary_record(&p);
+        insta::assert_snapshot!(canary::promote_program(&p, &record).render());
+        insta::assert_snapshot!(canary::revert_program(&p, &record).render());
+    }
+
+    #[test]
+    fn a_rollback_in_a_canary_environment_never_runs_the_canary_strategy() {
+        let p = plan("strategy = \"canary\"\ncanary = { hosts = [\"web1\"] }");
+        let program = compile(&p, Action::Rollback);
+        assert_eq!(program.shape, "rolling");
+        assert!(
+            !program
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, super::program::Op::WriteCanary { .. })),
+            "a rollback records no canary"
+        );
+        let switched: Vec<&String> = program
+            .steps
+            .iter()
+            .filter(|s| s.op == super::program::Op::Switch)
+            .flat_map(|s| &s.hosts)
+            .collect();
+        assert_eq!(switched.len(), 4, "every host switches: {switched:?}");
+    }
+
+    #[test]
+    fn recover_finishes_or_undoes_closing_every_host_before_switching_any() {
+        let p = plan(r#"strategy = "gated""#);
+        let all = p.hosts.clone();
+        let previous: BTreeMap<String, Option<String>> = all
+            .iter()
+            .map(|h| (h.clone(), Some("20231101T000000Z-0000000".to_owned())))
+            .collect();
+        let rec = |direction| Recovery {
+            direction,
+            deploy_id: "d1".into(),
+            phase: crate::notify::Phase::Hook,
+            release: p.release_id.clone(),
+            previous: previous.clone(),
+            hosts: all.clone(),
+        };
+        let undo = recover_program(&p, &rec(Direction::Undo), &all);
+        let finish = recover_program(&p, &rec(Direction::Finish), &all);
+        for program in [&undo, &finish] {
+            let ops: Vec<&super::program::Op> = program.steps.iter().map(|s| &s.op).collect();
+            let close = ops.iter().position(|o| **o == super::program::Op::Close);
+            let switch = ops.iter().position(|o| {
+                matches!(
+                    o,
+                    super::program::Op::Switch | super::program::Op::SwitchBack
+                )
+            });
+            assert!(close < switch, "close comes before any switch: {ops:?}");
+            assert!(ops.contains(&&super::program::Op::Start), "workers restart");
+        }
+        insta::assert_snapshot!(undo.render());
+        insta::assert_snapshot!(finish.render());
+    }
+}
