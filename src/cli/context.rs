@@ -79,7 +79,7 @@ impl Context {
                 command_timeout: cli.command_timeout,
                 ..ConnectOptions::default()
             },
-            out: Arc::new(Console::new(cli.quiet)),
+            out: Arc::new(Console::new(cli.quiet, cli.verbose)),
             pins,
             on_git_server,
             interrupt: crate::rollout::Interrupt::default(),

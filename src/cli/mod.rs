@@ -124,6 +124,11 @@ pub struct Cli {
     #[arg(long, global = true, hide = true, env = "SLIPWAY_GIT_SERVER", value_parser = clap::builder::FalseyValueParser::new())]
     pub git_server: bool,
 
+    /// Print every host's line for every step, not only one line per step
+    /// and the hosts that failed.
+    #[arg(long, short, global = true, env = "SLIPWAY_VERBOSE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verbose: bool,
+
     /// Print less: only results and errors.
     #[arg(long, short, global = true, env = "SLIPWAY_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
@@ -330,6 +335,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && output::colour_allowed())
         .with_target(false)
         .try_init();
 }

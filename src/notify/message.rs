@@ -150,6 +150,7 @@ impl Occasion {
                 occasion.error = Some(error.clone());
             }
             Event::HostPhase { .. }
+            | Event::StepDone { .. }
             | Event::HostFailed { .. }
             | Event::Output { .. }
             | Event::Note { .. } => {

@@ -119,6 +119,17 @@ pub enum Event {
         phase: Phase,
         error: String,
     },
+    /// A step of the program finished on all its hosts: how many there
+    /// were, how many failed, how long the slowest took. `undo` when it
+    /// was run to undo a failed rollout.
+    StepDone {
+        phase: Phase,
+        hosts: usize,
+        failed: usize,
+        #[serde(with = "secs")]
+        took: Duration,
+        undo: bool,
+    },
     /// A line of output from a command the user configured (hook, workers).
     Output { host: String, line: String },
     /// Progress note that is not tied to one host ("waiting for the lock").

@@ -179,7 +179,12 @@ impl<'a> Walk<'a> {
                     self.ctx.committed = Arc::new(self.committed.clone());
                     continue;
                 }
-                op => self.op(op, &sub).await,
+                op => {
+                    let began = Instant::now();
+                    let results = self.op(op, &sub).await;
+                    self.step_done(op, &results, began, false);
+                    results
+                }
             };
             self.done.push((step.op.clone(), hosts.clone()));
             if step.op.touches_service() {
@@ -328,6 +333,16 @@ impl<'a> Walk<'a> {
         }
     }
 
+    fn step_done(&self, op: &Op, results: &HostResults, began: Instant, undo: bool) {
+        self.r.sink.emit(&Event::StepDone {
+            phase: op.phase(),
+            hosts: results.len(),
+            failed: results.iter().filter(|(_, r)| r.is_err()).count(),
+            took: began.elapsed(),
+            undo,
+        });
+    }
+
     /// Keeps track of what each host now serves.
     fn note(&mut self, op: &Op, results: &HostResults) {
         for (host, result) in results {
@@ -379,7 +394,9 @@ impl<'a> Walk<'a> {
             self.r
                 .interrupt
                 .doing(format!("undo: {} on {}", undo.phase(), hosts.join(", ")));
+            let began = Instant::now();
             let results = self.op(&undo, &self.cluster.subset(&hosts)).await;
+            self.step_done(&undo, &results, began, true);
             self.note(&undo, &results);
             for (host, result) in results {
                 if result.is_err() {
