@@ -184,7 +184,13 @@ pub async fn execute(
     }
     let program = crate::rollout::compile(&plan, Action::Deploy);
     if args.dry_run {
-        ctx.out.result(&dry_run(&plan, &program));
+        let preview = super::preview::preview(ctx, loaded, env, &plan, &program).await;
+        ctx.out.result(preview.text.trim_end());
+        anyhow::ensure!(
+            preview.problems.is_empty(),
+            "the dry run found {} problem(s) the real deploy would hit (listed above)",
+            preview.problems.len()
+        );
         return Ok(None);
     }
     let secrets = resolve_secrets(&plan)?;

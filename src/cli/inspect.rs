@@ -217,12 +217,27 @@ fn check_one(
         Ok(o) => o,
         Err(e) => return (false, format!("  {spec}  FAILED: {e}")),
     };
-    let mut problems = Vec::new();
-    let mut facts = vec![if spec.starts_with("local:") {
+    let first = if spec.starts_with("local:") {
         transport.describe()
     } else {
         format!("host key verified, {}", transport.describe())
-    }];
+    };
+    let (problems, facts) = judge(layout.root(), &output, first);
+    if problems.is_empty() {
+        (
+            true,
+            format!("  {spec}  ok: {}, tools ok", facts.join(", ")),
+        )
+    } else {
+        (false, format!("  {spec}  FAILED: {}", problems.join("; ")))
+    }
+}
+
+/// Reads `Layout::check` output: what would stop a deploy on this host
+/// (problems), and what is fine (facts, after `first`).
+pub(super) fn judge(root: &str, output: &str, first: String) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut facts = vec![first];
     // The script prints `missing` before `writable`, so the writable line
     // can say which directory it was judged on.
     let mut missing: Option<String> = None;
@@ -234,16 +249,16 @@ fn check_one(
             ["writable", "yes"] => facts.push(match &missing {
                 Some(parent) => format!(
                     "{} does not exist yet (the first deploy creates it; {parent} writable)",
-                    layout.root()
+                    root
                 ),
-                None => format!("{} writable", layout.root()),
+                None => format!("{} writable", root),
             }),
             ["writable", _] => problems.push(match &missing {
                 Some(parent) => format!(
                     "{} does not exist and {parent} is not writable to create it",
-                    layout.root()
+                    root
                 ),
-                None => format!("{} is not writable", layout.root()),
+                None => format!("{} is not writable", root),
             }),
             ["free_kib", kib] => match kib.parse::<u64>() {
                 Ok(kib) if kib < 100 * 1024 => {
@@ -256,14 +271,7 @@ fn check_one(
             _ => {}
         }
     }
-    if problems.is_empty() {
-        (
-            true,
-            format!("  {spec}  ok: {}, tools ok", facts.join(", ")),
-        )
-    } else {
-        (false, format!("  {spec}  FAILED: {}", problems.join("; ")))
-    }
+    (problems, facts)
 }
 
 /// `slipway recover`: finishes or undoes an interrupted rollout on the

@@ -19,6 +19,7 @@ mod inspect;
 mod notify;
 mod output;
 mod pins;
+mod preview;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
