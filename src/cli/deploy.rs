@@ -100,13 +100,44 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
     }
     if !args.force
         && !args.dry_run
-        && let Some(reason) = already_there(ctx, &loaded, &args.environment).await
+        && let Some(states) = live_states(ctx, &loaded, &args.environment).await
     {
-        ctx.out
-            .result(&format!("{reason} (--force deploys it again)"));
-        return Ok(exit::OK);
+        if let Some(reason) = already_there_in(&loaded, &args.environment, &states) {
+            ctx.out
+                .result(&format!("{reason} (--force deploys it again)"));
+            return Ok(exit::OK);
+        }
+        refuse_going_backwards(&loaded, &args.environment, &states)?;
     }
     deploy_loaded(ctx, &loaded, &args).await
+}
+
+/// A commit older than the live one (an ancestor of it) would silently
+/// roll the environment back: a stale local branch, a wrong `--ref`.
+/// Refused unless `--force`; `slipway rollback` is the way back.
+fn refuse_going_backwards(
+    loaded: &Loaded,
+    environment: &str,
+    states: &[crate::rollout::HostState],
+) -> anyhow::Result<()> {
+    let Some(live) = states.iter().find_map(|s| s.current.clone()) else {
+        return Ok(());
+    };
+    let Some(live_commit) = live.rsplit('-').next() else {
+        return Ok(());
+    };
+    if loaded
+        .repo
+        .is_ancestor(&loaded.commit.id, live_commit)
+        .unwrap_or(false)
+    {
+        anyhow::bail!(
+            "{} ({}) is older than the live release {live} on {environment}: deploying it would roll {environment} back; to go back run `slipway rollback {environment} --to <release>`, or pass --force if this is really what you want",
+            loaded.commit.short,
+            loaded.commit.subject
+        );
+    }
+    Ok(())
 }
 
 /// Why there is nothing to deploy: the commit's release is already live on
@@ -120,10 +151,28 @@ pub(super) async fn already_there(
     loaded: &Loaded,
     environment: &str,
 ) -> Option<String> {
+    let states = live_states(ctx, loaded, environment).await?;
+    already_there_in(loaded, environment, &states)
+}
+
+/// Every host's state, or `None` when they cannot all be read (the deploy
+/// then reports that properly).
+async fn live_states(
+    ctx: &Context,
+    loaded: &Loaded,
+    environment: &str,
+) -> Option<Vec<crate::rollout::HostState>> {
     let env = loaded.config.environment(environment).ok()?;
-    let release = crate::plan::release_id(&loaded.commit);
     let cluster = ctx.connect(env).await.ok()?;
-    let states = cluster.read_state().await.ok()?;
+    cluster.read_state().await.ok()
+}
+
+fn already_there_in(
+    loaded: &Loaded,
+    environment: &str,
+    states: &[crate::rollout::HostState],
+) -> Option<String> {
+    let release = crate::plan::release_id(&loaded.commit);
     // Live everywhere, with nothing interrupted or running: an interrupted
     // rollout must still block (and be recovered), never be skipped.
     if !states.is_empty()

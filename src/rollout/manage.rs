@@ -171,8 +171,14 @@ pub fn outcome_word(outcome: Outcome) -> &'static str {
 /// release was deployed. Rolling back twice goes back twice.
 pub fn rollback_target(history: &[HistoryEntry], current: Option<&str>) -> Option<HistoryEntry> {
     let current = current?;
+    // The deploy that replaced something; a forced redeploy of the same
+    // release (no previous, or an old line with previous == release) is
+    // passed over.
     let deployed = history.iter().rev().find(|e| {
-        e.release == current && e.action == Action::Deploy && e.outcome == Outcome::Success
+        e.release == current
+            && e.action == Action::Deploy
+            && e.outcome == Outcome::Success
+            && e.previous.as_deref().is_some_and(|p| p != current)
     })?;
     let target = deployed.previous.as_deref()?;
     history
@@ -388,6 +394,10 @@ mod tests {
         let target = rollback_target(&history, Some("c")).unwrap();
         assert_eq!(target.release, "b");
         assert_eq!(target.commit, "commit-b");
+        // A forced redeploy of c (recorded by an older slipway with
+        // previous == release) still rolls back to b.
+        history.push(entry("c", Some("c"), Action::Deploy, Outcome::Success));
+        assert_eq!(rollback_target(&history, Some("c")).unwrap().release, "b");
         history.push(entry("b", Some("c"), Action::Rollback, Outcome::Success));
         assert_eq!(rollback_target(&history, Some("b")).unwrap().release, "a");
         assert!(rollback_target(&history, Some("a")).is_none());

@@ -578,7 +578,10 @@ fn history(ctx: &StepCtx, sha256: &str, outcome: Outcome, clock: Clock) -> PerHo
                     environment: ctx.plan.environment.clone(),
                     action: ctx.action,
                     release: ctx.plan.release_id.clone(),
-                    previous: prev.clone(),
+                    // A forced redeploy of the live release did not replace
+                    // anything: recording it as its own previous would make
+                    // `rollback` "roll back" to the same release.
+                    previous: prev.clone().filter(|p| *p != ctx.plan.release_id),
                     commit: ctx.plan.commit.id.clone(),
                     sha256: sha256.to_owned(),
                     who: ctx.plan.deployer.clone(),
