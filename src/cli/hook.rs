@@ -154,6 +154,7 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
             wait: Some(PUSH_LOCK_WAIT),
             branch: Some(branch.clone()),
             force: false,
+            json: false,
         };
         if args.detach && !deploy_args.dry_run {
             let log = detach(ctx, &deploy_args)?;
