@@ -156,6 +156,10 @@ pub enum TransportError {
         what: String,
         limit: usize,
     },
+    #[error(
+        "on {host}: not tried: the host was declared lost earlier in this run (see above); check it, then run `slipway status`"
+    )]
+    AlreadyLost { host: String },
     #[error("on {host}: the SSH connection failed while {what}: {reason}")]
     Lost {
         host: String,
@@ -527,7 +531,8 @@ pub struct ConnectOptions {
     /// Jump host for every host, as `[user@]host[:port]` or an ssh_config alias.
     pub jump: Option<String>,
     pub connect_timeout: Duration,
-    /// Keepalive interval; a host that stops answering fails after a few.
+    /// Keepalive interval: how long a connection stays silent before
+    /// asking the host. See [`ConnectOptions::lost_after`].
     pub keepalive: Duration,
     /// Upper bound for any one remote command (hooks have their own timeout).
     pub command_timeout: Option<Duration>,
@@ -545,6 +550,62 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(5),
             command_timeout: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// How long a host may send nothing at all (keepalive replies
+    /// included) before it is declared lost: one keepalive interval to
+    /// ask, then the connect timeout to answer. Both transports use this
+    /// one bound (OpenSSH through `ServerAliveInterval` and
+    /// `ServerAliveCountMax`, libssh2 through its exec loop), and a host
+    /// declared lost is not tried again in the same run.
+    pub fn lost_after(&self) -> Duration {
+        self.keepalive.max(Duration::from_secs(1))
+            + self.connect_timeout.max(Duration::from_secs(1))
+    }
+}
+
+/// Remembers, for one transport (one host, one run), that the host was
+/// declared lost, so later steps fail at once instead of each waiting out
+/// another connect timeout on a host that is not answering.
+#[derive(Debug, Default)]
+pub(crate) struct LostMark(std::sync::Mutex<Option<String>>);
+
+impl LostMark {
+    /// Records `error` when it means the host is gone (it stopped
+    /// answering, the connection failed, or it could not be reached
+    /// again); a command that failed or timed out on a host that still
+    /// answers is not.
+    pub(crate) fn note(&self, error: TransportError) -> TransportError {
+        let lost = matches!(
+            error,
+            TransportError::Unresponsive { .. }
+                | TransportError::Lost { .. }
+                | TransportError::Connect { .. }
+        );
+        if lost {
+            let mut mark = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            mark.get_or_insert_with(|| error.to_string());
+        }
+        error
+    }
+
+    /// An error when the host was declared lost earlier in this run.
+    pub(crate) fn check(&self, host: &str) -> Result<(), TransportError> {
+        let mark = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match mark.as_ref() {
+            Some(_) => Err(TransportError::AlreadyLost {
+                host: host.to_owned(),
+            }),
+            None => Ok(()),
         }
     }
 }

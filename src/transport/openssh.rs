@@ -36,7 +36,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{ConnectOptions, Exit, Script, Tail, Transport, TransportError};
+use super::{ConnectOptions, Exit, LostMark, Script, Tail, Transport, TransportError};
 use control::ControlDir;
 
 /// Bytes copied to `ssh`'s stdin at a time: large, so uploads are not paced
@@ -55,6 +55,11 @@ pub struct OpenSsh {
     control: Arc<ControlDir>,
     command_timeout: Option<Duration>,
     why: String,
+    /// Set once the host is declared lost; later commands fail at once.
+    lost: LostMark,
+    /// Silence after which ssh drops the connection (see
+    /// [`ConnectOptions::lost_after`]).
+    lost_after: Duration,
 }
 
 /// What `ssh -G` says about a host, for messages.
@@ -128,6 +133,8 @@ impl OpenSsh {
             control,
             command_timeout: options.command_timeout,
             why,
+            lost: LostMark::default(),
+            lost_after: options.lost_after(),
         };
         if let Some((last, before)) = this.resolved.jump.split_last() {
             this.open_jump(last, before)?;
@@ -211,6 +218,19 @@ impl OpenSsh {
             )));
         }
         Ok(())
+    }
+
+    /// Whether this host's master connection is still up (`ssh -O check`).
+    fn master_alive(&self) -> bool {
+        self.control
+            .ssh()
+            .args(["-O", "check"])
+            .args(&self.destination)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     fn spawn_error(&self, source: std::io::Error) -> TransportError {
@@ -314,7 +334,23 @@ impl Transport for OpenSsh {
         timeout: Option<Duration>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
+        self.lost.check(&self.spec)?;
+        self.exec_once(script, stdin, timeout, on_line)
+            .map_err(|e| self.lost.note(e))
+    }
+}
+
+impl OpenSsh {
+    /// One `ssh` command over the master (which ssh reopens if it went).
+    fn exec_once(
+        &self,
+        script: &Script,
+        stdin: Option<&mut (dyn Read + Send)>,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError> {
         let command = super::remote_command(script).map_err(|e| self.unquotable(e))?;
+        let started = Instant::now();
         let limit = timeout.or(self.command_timeout);
         let deadline = limit.map(|t| Instant::now() + t);
         let mut child = self
@@ -388,7 +424,7 @@ impl Transport for OpenSsh {
             what: "waiting for ssh".to_owned(),
             source,
         })?;
-        self.finish(status, fed, &complaints, tail)
+        self.finish(status, fed, &complaints, tail, started)
     }
 }
 
@@ -396,13 +432,41 @@ impl OpenSsh {
     /// Turns ssh's exit into the command's: 255 with ssh's own complaint on
     /// stderr is ssh failing (the remote stderr is joined to stdout, so
     /// ssh's stderr carries only ssh's messages).
+    ///
+    /// 255 with nothing on stderr is ambiguous: the command's own status,
+    /// or the master connection dropping under the session (the master
+    /// reports why in its own log, not here). When the master is gone, the
+    /// connection dropped: after at least the keepalive bound, because the
+    /// host stopped answering; sooner, because it closed the connection.
     fn finish(
         &self,
         status: ExitStatus,
         fed: Option<std::io::Result<()>>,
         complaints: &str,
         tail: Tail,
+        started: Instant,
     ) -> Result<Exit, TransportError> {
+        if status.code() == Some(255) && complaints.contains("not responding") {
+            return Err(TransportError::Unresponsive {
+                host: self.spec.clone(),
+                silent: self.lost_after,
+            });
+        }
+        if status.code() == Some(255) && complaints.trim().is_empty() && !self.master_alive() {
+            let silent = started.elapsed();
+            return Err(if silent >= self.lost_after {
+                TransportError::Unresponsive {
+                    host: self.spec.clone(),
+                    silent: self.lost_after,
+                }
+            } else {
+                TransportError::Lost {
+                    host: self.spec.clone(),
+                    what: "running a command".to_owned(),
+                    reason: "the host closed the connection".to_owned(),
+                }
+            });
+        }
         if status.code() == Some(255) && !complaints.trim().is_empty() {
             return Err(errors::classify_running(
                 &errors::Failing {

@@ -3,6 +3,8 @@
 //! declared lost once, within the connect timeout plus one keepalive.
 //! Over real sshd (each host its own mount namespace).
 
+use std::time::{Duration, Instant};
+
 use crate::support::App;
 use crate::support::run::{Run, run_over_ssh};
 use crate::support::sshd::SshCluster;
@@ -39,7 +41,8 @@ fn a_disk_that_fills_during_unpack_is_left_as_it_was_and_the_next_deploy_with_ro
     // and every later deploy failed on it too.
     let cluster = SshCluster::start_with_small_disk(3, Some((2, "8m")));
     let app = App::new(&config(&cluster), &[("public/index.html", "v1\n")]);
-    let deploy = |app: &App| -> Run { run_over_ssh(app.path(), &cluster, &["deploy", "production"]) };
+    let deploy =
+        |app: &App| -> Run { run_over_ssh(app.path(), &cluster, &["deploy", "production"]) };
     deploy(&app).success();
     let before = disk(&cluster, 2);
 
@@ -61,3 +64,101 @@ fn a_disk_that_fills_during_unpack_is_left_as_it_was_and_the_next_deploy_with_ro
     ));
     assert_eq!(index, "v3\n");
 }
+
+/// How long a silent host is given, in the runs below: connect timeout
+/// plus one keepalive interval.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+fn a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly(ssh: &'static str) {
+    // Before, the frozen host cost three keepalives to notice, then every
+    // later step of the roll-back reconnected to it and waited out its
+    // connect timeout again: 45 s with the defaults, and one message per
+    // step. Now it is declared lost once and never tried again.
+    let cluster = SshCluster::start(3);
+    let hook = "touch ../../shared/hook-started; sleep 60";
+    let app = App::new(
+        &format!(
+            "{}deploy_hook = \"{hook}\"\nhook_timeout = \"5m\"\n",
+            config(&cluster)
+        ),
+        &[("public/index.html", "v1\n")],
+    );
+    let flags = |args: &[&'static str]| {
+        let mut all = args.to_vec();
+        all.extend(["--ssh", ssh, "--connect-timeout", "2s", "--keepalive", "1s"]);
+        all
+    };
+    // The first deploy has no hook run to freeze in: host 1 has no release.
+    run_over_ssh(app.path(), &cluster, &flags(&["deploy", "production"])).success();
+    let marker = cluster.roots[0]
+        .join(cluster.deploy_to.trim_start_matches('/'))
+        .join("shared/hook-started");
+    std::fs::remove_file(&marker).unwrap();
+    app.commit("Second", &[("public/index.html", "v2\n")]);
+
+    let (run, took) = std::thread::scope(|scope| {
+        let deploy =
+            scope.spawn(|| run_over_ssh(app.path(), &cluster, &flags(&["deploy", "production"])));
+        let waiting = Instant::now();
+        while !marker.exists() && waiting.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(marker.exists(), "the hook never started");
+        cluster.hosts[0].freeze();
+        let frozen = Instant::now();
+        let run = deploy.join().expect("slipway finished");
+        (run, frozen.elapsed())
+    });
+    cluster.hosts[0].thaw();
+
+    let lost = cluster.hosts[0].spec("root");
+    let text = run.text();
+    eprintln!("{ssh}: returned {took:?} after the freeze:\n{text}");
+    let run = run.failure(4).contains(&lost);
+    let bound = 2 * (CONNECT_TIMEOUT + KEEPALIVE);
+    assert!(
+        took < bound,
+        "took {took:?} (bound {bound:?}):\n{}",
+        run.text()
+    );
+    // One step says the host stopped answering; every later step on it
+    // was not tried (the closing summary repeats the first failure).
+    let steps: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(&lost) && l.contains("FAILED"))
+        .collect();
+    let declared = steps
+        .iter()
+        .filter(|l| l.contains("stopped answering"))
+        .count();
+    assert_eq!(declared, 1, "declared lost once:\n{text}");
+    assert!(
+        steps.iter().skip(1).all(|l| l.contains("not tried")),
+        "not tried again:\n{text}"
+    );
+    assert!(!text.contains("banner exchange"), "no reconnect:\n{text}");
+}
+
+/// Declares, for one transport, a test per story above.
+macro_rules! stories_over {
+    ($transport:ident, $($story:ident,)*) => {
+        mod $transport {
+            $(
+                #[test]
+                fn $story() {
+                    super::$story(stringify!($transport));
+                }
+            )*
+        }
+    };
+}
+
+stories_over!(
+    openssh,
+    a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly,
+);
+stories_over!(
+    libssh2,
+    a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly,
+);

@@ -188,11 +188,16 @@ fn config_text(options: &ConnectOptions, dir: &Path) -> Result<String, String> {
         "ControlMaster auto\nControlPath {}\nControlPersist {PERSIST}",
         value(&dir.join("%C"), false)?
     );
+    // A silent host is dropped after ServerAliveInterval × (CountMax + 1):
+    // one interval to ask, then as many as cover the connect timeout to
+    // answer, i.e. `ConnectOptions::lost_after` (rounded up to whole
+    // intervals), as libssh2 does.
     let timeout = options.connect_timeout.as_secs().max(1);
     let keepalive = options.keepalive.as_secs().max(1);
+    let count = timeout.div_ceil(keepalive);
     let _ = writeln!(
         text,
-        "ConnectTimeout {timeout}\nServerAliveInterval {keepalive}\nServerAliveCountMax 3\nLogLevel ERROR"
+        "ConnectTimeout {timeout}\nServerAliveInterval {keepalive}\nServerAliveCountMax {count}\nLogLevel ERROR"
     );
     // The user's ssh_config, as `ssh` reads it: the one given, or the
     // user's and the system's (missing files are skipped by Include).
@@ -305,6 +310,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("BatchMode yes"));
+        // Declared lost after connect timeout + one keepalive: 5 s × (2 + 1).
+        assert!(
+            text.contains("ConnectTimeout 10\nServerAliveInterval 5\nServerAliveCountMax 2\n"),
+            "{text}"
+        );
         let learning = ConnectOptions {
             accept_new_host_keys: true,
             ..ConnectOptions::default()
