@@ -220,6 +220,10 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging();
+    // What runs killed outright left in the temp dir (see scratch.rs).
+    for gone in crate::scratch::sweep(&crate::scratch::bases()) {
+        tracing::debug!("removed {}, left by a run that is gone", gone.display());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -71,16 +71,12 @@ impl ControlDir {
         };
         // 0700 from the start: whoever reaches a control socket can use
         // the master's login.
-        let dir = tempfile::Builder::new()
-            .prefix("slipway-ssh-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir_in(&base)
-            .map_err(|e| {
-                format!(
-                    "cannot create a private directory in {}: {e}",
-                    base.display()
-                )
-            })?;
+        let dir = crate::scratch::dir_in("ssh", &base, 0o700).map_err(|e| {
+            format!(
+                "cannot create a private directory in {}: {e}",
+                base.display()
+            )
+        })?;
         let config = dir.path().join("ssh_config");
         let text = config_text(options, dir.path())?;
         std::fs::write(&config, text)
