@@ -160,7 +160,7 @@ mod tests {
         let foreign = make("slipway-sshd-d", 2 * hour);
 
         let removed = sweep(&[base.path().to_path_buf()]);
-        assert_eq!(removed, [stale.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&stale));
         assert!(!stale.exists());
         assert!(young.exists() && live.exists() && foreign.exists());
     }
