@@ -3,11 +3,13 @@
 //! declared lost once, within the connect timeout plus one keepalive.
 //! Over real sshd (each host its own mount namespace).
 
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::App;
 use crate::support::run::{Run, run_over_ssh};
 use crate::support::sshd::SshCluster;
+use crate::support::{App, LocalHosts};
 
 fn config(cluster: &SshCluster) -> String {
     format!(
@@ -162,3 +164,127 @@ stories_over!(
     libssh2,
     a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly,
 );
+
+/// A temp dir of the test's own, given to slipway as `TMPDIR` (short: the
+/// OpenSSH control directory must fit a socket path).
+fn own_tmpdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sw-tmp-")
+        .tempdir_in("/tmp")
+        .expect("tempdir")
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read TMPDIR")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// An app deploying to three local hosts with `build` as its build steps
+/// and `shared` as its shared files.
+fn local_app(build: &str, shared_files: &str) -> (App, LocalHosts) {
+    let app = App::new("", &[("public/index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 3);
+    let config = format!(
+        "[app]\nname = \"shop\"\n[build]\nsteps = [{{ name = \"build\", run = \"{build}\" }}]\n[shared]\nfiles = {shared_files}\n[environments.production]\nbranch = \"production\"\nhosts = {}\ndeploy_to = \"{}\"\n",
+        hosts.toml(),
+        hosts.deploy_to
+    );
+    app.commit("Configure slipway", &[("slipway.toml", &config)]);
+    (app, hosts)
+}
+
+#[test]
+fn a_deploy_that_fails_at_build_or_at_staging_leaves_nothing_in_the_temp_dir() {
+    // The build export, the build's HOME, the object overlay and the packed
+    // artifact are removed on the error path too, not only on success.
+    let tmp = own_tmpdir();
+    let tmpdir = tmp.path().to_str().unwrap();
+    let (app, _hosts) = local_app("echo building; exit 3", "[]");
+    let run = app.slipway_env(&["deploy", "production"], &[("TMPDIR", tmpdir)]);
+    assert!(!run.output.status.success(), "{}", run.text());
+    let run = run.contains("building");
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "{}", run.text());
+
+    // Built and packed, then refused by every host: a shared file is missing.
+    let (app, hosts) = local_app("echo built", "[\"config/secret.yml\"]");
+    let run = app
+        .slipway_env(&["deploy", "production"], &[("TMPDIR", tmpdir)])
+        .failure(1)
+        .contains("shared file shared/config/secret.yml does not exist");
+    assert!(hosts.current(0).is_none(), "{}", run.text());
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "{}", run.text());
+}
+
+#[test]
+fn what_a_killed_run_left_is_swept_by_the_next_run_once_it_is_an_hour_old() {
+    // SIGKILL leaves no chance to clean up: the next run removes the dead
+    // run's directories, but only once they are an hour old (a pid that
+    // looks dead here may be a live run in another container).
+    let tmp = own_tmpdir();
+    let tmpdir = tmp.path().to_str().unwrap();
+    let (app, hosts) = local_app("sleep 60", "[]");
+    let mut slow = crate::support::run::slipway(app.path());
+    slow.args(["deploy", "production"])
+        .env("TMPDIR", tmpdir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let mut child = slow.spawn().expect("slipway starts");
+    let pid = child.id();
+    let waiting = Instant::now();
+    while !entries(tmp.path())
+        .iter()
+        .any(|n| n.contains("-build-home-"))
+    {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the build never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The whole group: slipway and the build it started.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    child.wait().expect("reaped");
+    let left = entries(tmp.path());
+    assert!(
+        !left.is_empty()
+            && left
+                .iter()
+                .all(|n| n.starts_with(&format!("slipway-run-{pid}-"))),
+        "{left:?}"
+    );
+
+    // An hour on (the killed run's directories backdated), plus one from a
+    // dead run that is still young.
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for name in &left {
+        std::fs::File::open(tmp.path().join(name))
+            .and_then(|f| f.set_modified(hour_ago))
+            .expect("backdate");
+    }
+    let young = format!("slipway-run-{pid}-young-x");
+    std::fs::create_dir(tmp.path().join(&young)).unwrap();
+
+    app.commit(
+        "Quick build",
+        &[(
+            "slipway.toml",
+            &std::fs::read_to_string(app.path().join("slipway.toml"))
+                .unwrap()
+                .replace("sleep 60", "echo quick"),
+        )],
+    );
+    let run = app
+        .slipway_env(&["deploy", "production"], &[("TMPDIR", tmpdir)])
+        .success();
+    assert!(hosts.current(0).is_some());
+    assert_eq!(entries(tmp.path()), [young], "{}", run.text());
+}
