@@ -350,7 +350,6 @@ impl OpenSsh {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
         let command = super::remote_command(script).map_err(|e| self.unquotable(e))?;
-        let started = Instant::now();
         let limit = timeout.or(self.command_timeout);
         let deadline = limit.map(|t| Instant::now() + t);
         let mut child = self
@@ -424,7 +423,7 @@ impl OpenSsh {
             what: "waiting for ssh".to_owned(),
             source,
         })?;
-        self.finish(status, fed, &complaints, tail, started)
+        self.finish(status, fed, &complaints, tail)
     }
 }
 
@@ -434,17 +433,16 @@ impl OpenSsh {
     /// ssh's stderr carries only ssh's messages).
     ///
     /// 255 with nothing on stderr is ambiguous: the command's own status,
-    /// or the master connection dropping under the session (the master
-    /// reports why in its own log, not here). When the master is gone, the
-    /// connection dropped: after at least the keepalive bound, because the
-    /// host stopped answering; sooner, because it closed the connection.
+    /// or the master connection dropping under the session. The master
+    /// does not say why to this client (a host that stopped answering its
+    /// keepalives and one that closed the connection look the same here),
+    /// so when the master is gone the error says both.
     fn finish(
         &self,
         status: ExitStatus,
         fed: Option<std::io::Result<()>>,
         complaints: &str,
         tail: Tail,
-        started: Instant,
     ) -> Result<Exit, TransportError> {
         if status.code() == Some(255) && complaints.contains("not responding") {
             return Err(TransportError::Unresponsive {
@@ -453,18 +451,13 @@ impl OpenSsh {
             });
         }
         if status.code() == Some(255) && complaints.trim().is_empty() && !self.master_alive() {
-            let silent = started.elapsed();
-            return Err(if silent >= self.lost_after {
-                TransportError::Unresponsive {
-                    host: self.spec.clone(),
-                    silent: self.lost_after,
-                }
-            } else {
-                TransportError::Lost {
-                    host: self.spec.clone(),
-                    what: "running a command".to_owned(),
-                    reason: "the host closed the connection".to_owned(),
-                }
+            return Err(TransportError::Lost {
+                host: self.spec.clone(),
+                what: "running a command".to_owned(),
+                reason: format!(
+                    "the connection dropped: the host stopped answering (nothing for {}, keepalives included) or closed it",
+                    humantime::format_duration(self.lost_after)
+                ),
             });
         }
         if status.code() == Some(255) && !complaints.trim().is_empty() {

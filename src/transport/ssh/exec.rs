@@ -70,7 +70,8 @@ impl Pacer<'_> {
         }
         let silent = now.duration_since(self.heard);
         if silent > self.silence_limit() {
-            return Err(Stop::Silent(silent));
+            // The bound it passed, not the silence to the nanosecond.
+            return Err(Stop::Silent(self.silence_limit()));
         }
         let directions = self.session.block_directions();
         if may_keepalive
