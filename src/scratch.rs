@@ -33,7 +33,10 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60 * 60);
 /// # Errors
 /// When it cannot be created.
 pub fn dir(what: &str) -> std::io::Result<tempfile::TempDir> {
-    tempfile::Builder::new().prefix(&prefix(what)).tempdir()
+    tempfile::Builder::new()
+        .prefix(&prefix(what))
+        .rand_bytes(RANDOM_LEN)
+        .tempdir()
 }
 
 /// [`dir`] under `base` instead of the temp dir, with `mode`.
@@ -43,6 +46,7 @@ pub fn dir(what: &str) -> std::io::Result<tempfile::TempDir> {
 pub fn dir_in(what: &str, base: &Path, mode: u32) -> std::io::Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(&prefix(what))
+        .rand_bytes(RANDOM_LEN)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .tempdir_in(base)
 }
@@ -50,6 +54,15 @@ pub fn dir_in(what: &str, base: &Path, mode: u32) -> std::io::Result<tempfile::T
 /// `slipway-run-<pid>-<what>-`: the random part follows.
 fn prefix(what: &str) -> String {
     format!("{PREFIX}{}-{what}-", std::process::id())
+}
+
+/// Random characters after the prefix (tempfile's default).
+const RANDOM_LEN: usize = 6;
+
+/// How long the name of a directory [`dir`] makes for `what` is (for
+/// paths that must stay short, like socket paths).
+pub fn name_len(what: &str) -> usize {
+    prefix(what).len() + RANDOM_LEN
 }
 
 /// Where slipway puts temporary directories: the temp dir, and `/tmp`
@@ -125,6 +138,14 @@ fn run_pid(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_as_long_as_name_len_says() {
+        let dir = dir("ssh").unwrap();
+        let name = dir.path().file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(name.len(), name_len("ssh"), "{name}");
+        assert_eq!(run_pid(&name), Some(std::process::id()));
+    }
 
     #[test]
     fn only_our_names_carry_a_pid() {

@@ -61,10 +61,15 @@ impl ControlDir {
     }
 
     fn create(options: &ConnectOptions) -> Result<Self, String> {
-        // Control socket paths must fit in 108 bytes (sun_path): a long
-        // $TMPDIR falls back to /tmp.
+        // A control socket path must fit in sun_path (107 bytes and a
+        // NUL): `<base>/<dir>/<%C, 40 hex>`, and ssh first binds it with a
+        // 17-byte temporary suffix. A $TMPDIR too long for that falls
+        // back to /tmp.
         let base = std::env::temp_dir();
-        let base = if base.as_os_str().len() > 40 {
+        let socket = |base: &Path| {
+            base.as_os_str().len() + 1 + crate::scratch::name_len("ssh") + 1 + 40 + 17
+        };
+        let base = if socket(&base) > 107 {
             PathBuf::from("/tmp")
         } else {
             base
