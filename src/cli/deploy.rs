@@ -346,9 +346,7 @@ pub async fn execute(
         None => sink,
     };
     stage("build");
-    let workdir = tempfile::Builder::new()
-        .prefix("slipway-artifact-")
-        .tempdir()?;
+    let workdir = crate::scratch::dir("artifact")?;
     let artifact = match &args.artifact {
         Some(path) => prebuilt(
             ctx,
