@@ -186,6 +186,7 @@ pub async fn execute(
         ctx.out.result(&plan.render());
         return Ok(None);
     }
+    refuse_frozen(ctx, env, &args.environment).await?;
     let secrets = resolve_secrets(&plan)?;
     let deploy_id = deploy_id();
     let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id)?;
@@ -250,6 +251,19 @@ pub async fn execute(
     drop(rollout);
     super::notify::finish(ctx, notifiers).await;
     Ok(Some(result?))
+}
+
+/// A frozen environment refuses before anything is built. Hosts that
+/// cannot be reached here are left to the rollout to report.
+pub(super) async fn refuse_frozen(
+    ctx: &Context,
+    env: &crate::config::Environment,
+    environment: &str,
+) -> Result<(), RolloutError> {
+    match ctx.connect(env).await {
+        Ok(cluster) => crate::rollout::lock::refuse_frozen(&cluster, environment).await,
+        Err(_) => Ok(()),
+    }
 }
 
 fn finish(ctx: &Context, report: &gated::Report) -> u8 {

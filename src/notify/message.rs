@@ -56,17 +56,23 @@ pub enum Kind {
     Succeeded,
     Failed,
     RolledBack,
+    /// Deploys frozen (`slipway lock --message`).
+    Frozen,
+    /// A freeze lifted (`slipway unlock`).
+    Unfrozen,
     /// `slipway notify test`: not part of any rollout.
     Test,
 }
 
 impl Kind {
-    /// The four a config may list.
-    pub const CONFIGURABLE: [Kind; 4] = [
+    /// The ones a config may list.
+    pub const CONFIGURABLE: [Kind; 6] = [
         Kind::Started,
         Kind::Succeeded,
         Kind::Failed,
         Kind::RolledBack,
+        Kind::Frozen,
+        Kind::Unfrozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +81,8 @@ impl Kind {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::RolledBack => "rolled-back",
+            Self::Frozen => "frozen",
+            Self::Unfrozen => "unfrozen",
             Self::Test => "test",
         }
     }
@@ -98,6 +106,8 @@ pub struct Occasion {
     /// The release the hosts went back to (rolled back).
     pub restored: Option<String>,
     pub error: Option<String>,
+    /// Why deploys were frozen (frozen), or the freeze lifted (unfrozen).
+    pub reason: Option<String>,
     /// The engine's event, for the generic webhook; `None` for a test.
     pub event: Option<Event>,
 }
@@ -135,6 +145,16 @@ impl Occasion {
                 occasion.restored.clone_from(rolled_back_to);
                 occasion.error = Some(error.clone());
             }
+            Event::Frozen { who, message, .. } => {
+                occasion.kind = Kind::Frozen;
+                occasion.info.deployer.clone_from(who);
+                occasion.reason = Some(message.clone());
+            }
+            Event::Unfrozen { who, was, .. } => {
+                occasion.kind = Kind::Unfrozen;
+                occasion.info.deployer.clone_from(who);
+                occasion.reason = Some(was.clone());
+            }
             Event::HostPhase { .. }
             | Event::HostFailed { .. }
             | Event::Output { .. }
@@ -154,6 +174,7 @@ impl Occasion {
             previous: None,
             restored: None,
             error: None,
+            reason: None,
             event: None,
         }
     }
@@ -196,6 +217,12 @@ impl Occasion {
                 i.release,
                 self.restored.as_deref().unwrap_or("the previous release")
             ),
+            Kind::Frozen => format!(
+                "deploys frozen by {}: {}",
+                i.deployer,
+                self.reason.as_deref().unwrap_or_default()
+            ),
+            Kind::Unfrozen => format!("deploys unfrozen by {}", i.deployer),
             Kind::Test => "test message from slipway (nothing is being deployed)".to_owned(),
         };
         format!("{} {} → {}: {what}", self.icon(), i.app, i.environment)
@@ -207,6 +234,8 @@ impl Occasion {
             Kind::Succeeded => "✅",
             Kind::Failed => "❌",
             Kind::RolledBack => "↩️",
+            Kind::Frozen => "🧊",
+            Kind::Unfrozen => "▶️",
             Kind::Test => "🔔",
         }
     }
@@ -229,6 +258,33 @@ impl Occasion {
     /// Labelled facts, in the order chat cards show them.
     pub fn facts(&self) -> Vec<(&'static str, String)> {
         let i = &self.info;
+        match self.kind {
+            Kind::Frozen | Kind::Unfrozen => {
+                let by = if self.kind == Kind::Frozen {
+                    "Frozen by"
+                } else {
+                    "Unfrozen by"
+                };
+                let mut facts = vec![
+                    ("App", i.app.clone()),
+                    ("Environment", i.environment.clone()),
+                    (by, i.deployer.clone()),
+                ];
+                if let Some(reason) = &self.reason {
+                    let label = if self.kind == Kind::Frozen {
+                        "Reason"
+                    } else {
+                        "Was"
+                    };
+                    facts.push((label, clip(reason, 500)));
+                }
+                if self.kind == Kind::Frozen {
+                    facts.push(("Lift with", format!("slipway unlock {}", i.environment)));
+                }
+                return facts;
+            }
+            _ => {}
+        }
         let mut facts = vec![
             ("App", i.app.clone()),
             ("Environment", i.environment.clone()),

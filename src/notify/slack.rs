@@ -77,5 +77,6 @@ fn colour(kind: Kind) -> &'static str {
         Kind::Failed => "danger",
         Kind::RolledBack => "warning",
         Kind::Started | Kind::Test => "#439FE0",
+        Kind::Frozen | Kind::Unfrozen => "#7F8C8D",
     }
 }
