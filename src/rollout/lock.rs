@@ -513,7 +513,7 @@ pub(super) fn corrupt(cluster: &Cluster, environment: &str, host: &str, raw: &st
 /// `3s`, `1.5s`: durations in messages, to the tenth of a second.
 fn secs(d: Duration) -> String {
     let tenths = d.as_millis().div_ceil(100);
-    if tenths % 10 == 0 {
+    if tenths.is_multiple_of(10) {
         format!("{}s", tenths / 10)
     } else {
         format!("{}.{}s", tenths / 10, tenths % 10)
@@ -531,7 +531,7 @@ enum Attempt {
     /// A host's lock is held; what that host showed of it.
     Held {
         host: String,
-        seen: HostState,
+        seen: Box<HostState>,
     },
 }
 
@@ -572,7 +572,12 @@ async fn try_all(cluster: &Cluster, me: &LockOwner) -> Result<Attempt, RolloutEr
         release(&cluster.hosts[..i], &me.deploy_id).await;
         let seen = HostState::parse(&out);
         match exit.code {
-            Some(LOCK_HELD) => return Ok(Attempt::Held { host: name, seen }),
+            Some(LOCK_HELD) => {
+                return Ok(Attempt::Held {
+                    host: name,
+                    seen: Box::new(seen),
+                });
+            }
             Some(FROZEN) => {
                 let freeze = match seen.freeze {
                     Some(Ok(f)) => f.to_string(),
