@@ -862,6 +862,77 @@ mod tests {
         );
     }
 
+    /// Runs a layout script with `sh`; its exit code and output.
+    fn sh(script: &Script) -> (i32, String) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn lock_ids_are_compared_whole_never_as_substrings() {
+        // Before: `grep -qF <id>` let rollout `a` (or `b`, or `"`) release,
+        // renew or break the lock of rollout `ab`.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let owner =
+            r#"{"deploy_id":"ab","who":"ann","machine":"m","pid":1,"since":"t","lease_ms":1}"#;
+        assert_eq!(sh(&layout.lock("ab", owner).unwrap()).0, 0);
+        let lock = root.path().join(".slipway/lock");
+        for other in ["a", "b", "\"", "deploy_id", "", "ab\""] {
+            assert_eq!(sh(&layout.unlock(other).unwrap()).0, 0);
+            assert_eq!(
+                sh(&layout.renew(other).unwrap()).1.trim(),
+                "lost",
+                "{other}"
+            );
+            assert_eq!(sh(&layout.break_expired(other, 0).unwrap()).0, 0);
+            assert!(lock.exists(), "`{other}` removed the lock of `ab`");
+        }
+        assert_eq!(sh(&layout.renew("ab").unwrap()).1.trim(), "renewed");
+        // Its lease (1 ms) has expired by this host's clock: breakable.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            sh(&layout.break_expired("ab", 60_000).unwrap()).1.trim(),
+            ""
+        );
+        assert!(lock.exists(), "a lease of a minute is not expired");
+        assert_eq!(
+            sh(&layout.break_expired("ab", 1).unwrap()).1.trim(),
+            "broken"
+        );
+        assert!(!lock.exists());
+    }
+
+    #[test]
+    fn a_held_lock_shows_its_holder_and_age_and_a_freeze_refuses_first() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let owner =
+            r#"{"deploy_id":"d1","who":"ann","machine":"m","pid":1,"since":"t","lease_ms":30000}"#;
+        assert_eq!(sh(&layout.lock("d1", owner).unwrap()).0, 0);
+        let (code, out) = sh(&layout.lock("d2", owner).unwrap());
+        assert_eq!(code, LOCK_HELD, "{out}");
+        let seen = crate::rollout::HostState::parse(&out);
+        assert_eq!(seen.lock.unwrap().unwrap().deploy_id, "d1");
+        assert!(seen.lock_age.unwrap() < std::time::Duration::from_secs(5));
+
+        let freeze = r#"{"who":"bob","machine":"m","since":"t","message":"sale"}"#;
+        assert_eq!(sh(&layout.freeze(freeze).unwrap()).0, 0);
+        let (code, out) = sh(&layout.lock("d2", owner).unwrap());
+        assert_eq!(code, FROZEN, "{out}");
+        let seen = crate::rollout::HostState::parse(&out);
+        assert_eq!(seen.freeze.unwrap().unwrap().message, "sale");
+        assert_eq!(sh(&layout.thaw().unwrap()).0, 0);
+        assert_eq!(sh(&layout.lock("d2", owner).unwrap()).0, LOCK_HELD);
+    }
+
     #[test]
     fn nginx_snippet_serves_the_public_dir_of_current() {
         let snippet = Layout::new("/srv/shop".into())
