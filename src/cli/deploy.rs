@@ -137,8 +137,16 @@ pub(super) async fn already_there(
             "{release} is already live on {environment}; nothing to deploy"
         ));
     }
+    // A lock whose lease expired is a dead runner's: its release is not
+    // being deployed, and the deploy must go on to say so.
+    let live = |lock: &crate::rollout::LockOwner, age: Option<Duration>| {
+        lock.lease_ms
+            .is_none_or(|lease| age.is_none_or(|age| age < Duration::from_millis(lease)))
+    };
     let in_progress = states.iter().find_map(|s| match (&s.lock, &s.journal) {
-        (Some(Ok(lock)), Some(Ok(journal))) if journal.release == release => {
+        (Some(Ok(lock)), Some(Ok(journal)))
+            if journal.release == release && live(lock, s.lock_age) =>
+        {
             Some(lock.deploy_id.clone())
         }
         _ => None,
