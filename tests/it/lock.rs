@@ -3,14 +3,16 @@
 //! SIGKILLed mid-rollout, a second runner in another pid namespace with the
 //! same hostname, `unlock` of live, expired and corrupt locks, and
 //! `slipway lock --message` refusing the CLI and a git push while chat hears
-//! of it.
+//! of it; and one real sshd host reached with libssh2, whose one session a
+//! long hook holds.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::run::{Run, run, slipway};
+use crate::support::run::{Run, run, run_over_ssh, slipway, slipway_for, ssh_flags};
 use crate::support::server::{GitServer, push};
+use crate::support::sshd::SshCluster;
 use crate::support::standin::StandIn;
 use crate::support::{App, LocalHosts};
 
@@ -408,4 +410,51 @@ fn a_freeze_refuses_cli_and_push_deploys_with_its_message_until_unlocked() {
         .slipway_env(&["deploy", "production"], &env)
         .success();
     assert_ne!(story.hosts.current(0).as_deref(), Some(v1.as_str()));
+}
+
+#[test]
+fn over_libssh2_a_hook_longer_than_the_lease_does_not_starve_its_renewal() {
+    // The libssh2 client runs one command at a time per session, and the
+    // deploy hook holds it for as long as it runs: renewals queued behind
+    // it would let a 2s lease expire under a live rollout, and the next
+    // runner would take it over. They go on a second session instead.
+    let cluster = SshCluster::start(1);
+    let app = App::new("", &[("public/index.html", "v1\n")]);
+    let dir = cluster.path("hook");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (gate, started) = (dir.join("gate"), dir.join("started"));
+    let config = format!(
+        "[app]\nname = \"shop\"\n[environments.production]\nbranch = \"production\"\nhosts = {hosts}\ndeploy_to = \"{deploy_to}\"\nlock_lease = \"2s\"\ndeploy_hook = \"touch '{started}'; while [ -e '{gate}' ]; do sleep 0.1; done\"\n",
+        hosts = cluster.hosts_toml(),
+        deploy_to = cluster.deploy_to,
+        started = started.display(),
+        gate = gate.display(),
+    );
+    app.commit("Configure slipway", &[("slipway.toml", &config)]);
+    std::fs::write(&gate, "").unwrap();
+    let flags = ssh_flags(&cluster);
+    let runner = slipway_for(app.path(), &cluster)
+        .args(["deploy", "production", "--ssh", "libssh2"])
+        .args(&flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&started, Duration::from_secs(60));
+    // Twice the lease, all of it inside the hook.
+    std::thread::sleep(Duration::from_secs(4));
+
+    app.commit("Second", &[("public/index.html", "v2\n")]);
+    run_over_ssh(
+        app.path(),
+        &cluster,
+        &["deploy", "production", "--ssh", "libssh2"],
+    )
+    .failure(5)
+    .contains("a live rollout holds it")
+    .lacks("breaking");
+
+    std::fs::remove_file(&gate).unwrap();
+    let first = runner.wait_with_output().unwrap();
+    assert!(first.status.success(), "the first rollout finished");
 }
