@@ -658,7 +658,7 @@ p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
 if [ "$p" != "$d" ]; then printf 'missing\t%s\n' "$p"; fi
 if touch "$p/.slipway-check.$$" 2>/dev/null; then rm -f "$p/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
-for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
+for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find stat date touch sed; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;
 
 /// Prints the lock file (`lock`, its first 64 KiB on one line) and its age

@@ -328,8 +328,11 @@ pub async fn acquire(
                     secs(lease.length.unwrap_or_default())
                 ),
             });
-            break_expired(cluster, &holder).await?;
-            continue;
+            if break_expired(cluster, &holder).await? > 0 {
+                continue;
+            }
+            // Nothing broke (renewed meanwhile, or a file slipway did not
+            // write): no retrying at once, the wait below applies.
         }
         if Instant::now() >= deadline {
             return Err(RolloutError::Locked {
@@ -441,6 +444,9 @@ impl Lease {
             (None, _) => format!(
                 "it was taken by a slipway without leases, so whether that rollout is alive cannot be told; if it is gone, run `slipway unlock --force {environment}`"
             ),
+            (Some(_), _) if self.expired() => format!(
+                "its lease expired, but its lock file is not in the form slipway writes, so it was left alone; `slipway unlock {environment}` removes it"
+            ),
             (Some(length), youngest) => format!(
                 "a live rollout holds it (its lease of {} was renewed {} ago); wait for it to finish",
                 secs(length),
@@ -477,23 +483,24 @@ pub(super) fn survey_states(cluster: &Cluster, states: &[HostState], holder: &Lo
 
 /// Removes `holder`'s lock on every host where its lease has expired by
 /// that host's clock (each host checks again, so a renewal since the
-/// survey keeps it).
-async fn break_expired(cluster: &Cluster, holder: &LockOwner) -> Result<(), RolloutError> {
+/// survey keeps it). Returns on how many hosts it was removed.
+async fn break_expired(cluster: &Cluster, holder: &LockOwner) -> Result<usize, RolloutError> {
     let Some(lease_ms) = holder.lease_ms else {
-        return Ok(());
+        return Ok(0);
     };
     let id = holder.deploy_id.clone();
-    cluster
+    let broken = cluster
         .each(move |host| {
             host.run(
                 "breaking an expired lock",
                 host.layout.break_expired(&id, lease_ms),
             )
-            .map(drop)
+            .map(|out| out.trim() == "broken")
         })
         .await
         .into_iter()
-        .collect()
+        .collect::<Result<Vec<bool>, _>>()?;
+    Ok(broken.into_iter().filter(|b| *b).count())
 }
 
 pub(super) fn corrupt(cluster: &Cluster, environment: &str, host: &str, raw: &str) -> RolloutError {

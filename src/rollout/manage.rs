@@ -301,47 +301,53 @@ pub async fn unlock(
             Err(raw) => format!("frozen ({raw})"),
         });
     }
-    let mut seen: Vec<String> = Vec::new();
+    let mut decided: Vec<(String, bool)> = Vec::new();
     for (host, state) in cluster.hosts.iter().zip(&states) {
-        match &state.lock {
-            None => {}
-            Some(Err(raw)) => {
-                let removed = host.run("removing the lock", host.layout.remove_lock_if(raw))?;
-                if removed.trim() == "removed" {
-                    done.removed.push(format!(
-                        "the lock file {}/.slipway/lock on {}, which was not a slipway lock (it read: {})",
-                        host.layout.root(),
-                        host.name(),
-                        crate::notify::message::clip(raw, 200)
-                    ));
+        let (Some(lock), Some(raw)) = (&state.lock, &state.lock_raw) else {
+            continue;
+        };
+        if let Ok(owner) = lock {
+            // Decided once per holder, on what every host says of its lease.
+            let remove = match decided.iter().find(|(id, _)| *id == owner.deploy_id) {
+                Some((_, remove)) => *remove,
+                None => {
+                    let lease = super::lock::survey_states(cluster, &states, owner);
+                    let remove = force || lease.expired();
+                    if !remove {
+                        done.live = Some(RolloutError::Locked {
+                            environment: environment.to_owned(),
+                            host: host.name().to_owned(),
+                            owner: owner.to_string(),
+                            why: format!(
+                                "{}; `slipway unlock --force {environment}` removes it anyway, and two rollouts may then run at once",
+                                lease.why_live(environment)
+                            ),
+                        });
+                    } else {
+                        done.removed.push(if lease.expired() {
+                            format!("the expired lock of {owner}")
+                        } else {
+                            format!("the lock of {owner}, whose lease was still live (--force)")
+                        });
+                    }
+                    decided.push((owner.deploy_id.clone(), remove));
+                    remove
                 }
+            };
+            if remove {
+                host.run("removing the lock", host.layout.remove_lock_if(raw))?;
             }
-            Some(Ok(owner)) if !seen.contains(&owner.deploy_id) => {
-                seen.push(owner.deploy_id.clone());
-                let lease = super::lock::survey_states(cluster, &states, owner);
-                if !force && !lease.expired() {
-                    done.live = Some(RolloutError::Locked {
-                        environment: environment.to_owned(),
-                        host: host.name().to_owned(),
-                        owner: owner.to_string(),
-                        why: format!(
-                            "{}; `slipway unlock --force {environment}` removes it anyway, and two rollouts may then run at once",
-                            lease.why_live(environment)
-                        ),
-                    });
-                    continue;
-                }
-                let errors = super::lock::unlock(cluster, &owner.deploy_id).await;
-                if let Some(e) = errors.into_iter().next() {
-                    return Err(e);
-                }
-                done.removed.push(if lease.expired() {
-                    format!("the expired lock of {owner}")
-                } else {
-                    format!("the lock of {owner}, whose lease was still live (--force)")
-                });
-            }
-            Some(Ok(_)) => {}
+            continue;
+        }
+        // Not slipway's: removed as it was read, whatever it says.
+        let removed = host.run("removing the lock", host.layout.remove_lock_if(raw))?;
+        if removed.trim() == "removed" {
+            done.removed.push(format!(
+                "the lock file {}/.slipway/lock on {}, which was not a slipway lock (it read: {})",
+                host.layout.root(),
+                host.name(),
+                crate::notify::message::clip(raw, 200)
+            ));
         }
     }
     Ok(done)

@@ -143,6 +143,9 @@ pub struct HostState {
     pub current: Option<String>,
     pub closed: bool,
     pub lock: Option<Result<LockOwner, String>>,
+    /// The lock file as read (its first 64 KiB on one line), to remove
+    /// exactly what was read and nothing written since.
+    pub lock_raw: Option<String>,
     /// How long ago the lock was taken or last renewed, by the host's clock.
     pub lock_age: Option<std::time::Duration>,
     /// A deploy freeze; `Err` holds an unreadable record as it was read.
@@ -179,6 +182,7 @@ impl HostState {
                 "closed" => state.closed = true,
                 "lock" => {
                     state.lock = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
+                    state.lock_raw = Some(value.to_owned());
                 }
                 "lock_age" => state.lock_age = parse_age(value),
                 "freeze" => {
