@@ -411,6 +411,37 @@ mod tests {
     }
 
     #[test]
+    fn a_freeze_says_who_why_and_how_to_lift_it() {
+        let event = Event::Frozen {
+            environment: "production".into(),
+            who: "bob".into(),
+            message: "Black Friday".into(),
+        };
+        let o = Occasion::from_event(&event, &info(), None).expect("an occasion");
+        assert_eq!(o.kind, Kind::Frozen);
+        let text = o.plain();
+        for needle in [
+            "frozen by bob: Black Friday",
+            "Reason: Black Friday",
+            "slipway unlock production",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert!(!text.contains("Release"), "{text}");
+        let event = Event::Unfrozen {
+            environment: "production".into(),
+            who: "ann".into(),
+            was: "frozen by bob".into(),
+        };
+        let o = Occasion::from_event(&event, &info(), None).expect("an occasion");
+        assert!(
+            o.plain().contains("deploys unfrozen by ann"),
+            "{}",
+            o.plain()
+        );
+    }
+
+    #[test]
     fn clip_cuts_on_characters() {
         assert_eq!(clip("ééé", 2), "éé…");
         assert_eq!(clip("ab", 2), "ab");
