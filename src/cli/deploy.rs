@@ -14,10 +14,10 @@ use crate::config::ArtifactFormat;
 use crate::notify::Sink;
 use crate::pipeline::{self, Target};
 use crate::plan::{self, Plan};
-use crate::rollout::gated::{self, Rollout, Secrets, Upload};
 use crate::rollout::state::Action;
 use crate::rollout::state::CanaryState;
-use crate::rollout::{RolloutError, canary, manage};
+use crate::rollout::steps::{Report, Rollout, Secrets, Upload};
+use crate::rollout::{Cluster, Program, RolloutError, canary, executor, manage};
 use crate::source::Commit;
 
 #[derive(Debug, Args)]
@@ -177,7 +177,7 @@ pub async fn execute(
     args: &DeployArgs,
     sink: Arc<dyn Sink>,
     stage: &dyn Fn(&str),
-) -> anyhow::Result<Option<gated::Report>> {
+) -> anyhow::Result<Option<Report>> {
     let env = loaded.config.environment(&args.environment)?;
     let mut plan = plan::plan(
         &loaded.config,
@@ -190,14 +190,15 @@ pub async fn execute(
     if let Some(wait) = args.wait {
         plan.lock_wait = wait;
     }
+    let program = crate::rollout::compile(&plan, Action::Deploy);
     if args.dry_run {
-        ctx.out.result(&plan.render());
+        ctx.out.result(&dry_run(&plan, &program));
         return Ok(None);
     }
     refuse_frozen(ctx, env, &args.environment).await?;
     let secrets = resolve_secrets(&plan)?;
     let deploy_id = deploy_id();
-    let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id)?;
+    let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id, Action::Deploy)?;
     let sink: Arc<dyn Sink> = match &notifiers {
         Some(n) => Arc::new(crate::notify::Fanout(vec![
             sink,
@@ -253,8 +254,9 @@ pub async fn execute(
         secrets,
         deploy_id,
         sink,
+        interrupt: ctx.interrupt.clone(),
     };
-    let result = gated::deploy(&cluster, &rollout).await;
+    let result = executor::run(&cluster, &rollout, &program).await;
     // The notifiers can only finish once the rollout's sink is gone.
     drop(rollout);
     super::notify::finish(ctx, notifiers).await;
@@ -274,10 +276,44 @@ pub(super) async fn refuse_frozen(
     }
 }
 
-fn finish(ctx: &Context, report: &gated::Report) -> u8 {
-    for warning in &report.warnings {
-        ctx.out.warn(warning);
+/// What `--dry-run` prints: the commit and release, then the program the
+/// executor would walk, step by step.
+pub(super) fn dry_run(plan: &Plan, program: &Program) -> String {
+    format!(
+        "commit  {} {} ({})\nrelease {}\npath    {}\n{}",
+        plan.commit.short,
+        plan.commit.subject,
+        plan.branch,
+        plan.release_id,
+        plan.deploy_to,
+        program.render()
+    )
+}
+
+/// Runs a program that needs no build (rollback, revert, promote,
+/// recover), telling the config's notifiers about it like a deploy.
+pub(super) async fn run_program(
+    ctx: &Context,
+    config: &crate::config::Config,
+    cluster: &Cluster,
+    mut rollout: Rollout,
+    program: &Program,
+) -> anyhow::Result<Report> {
+    let notifiers =
+        super::notify::start(config, &rollout.plan, &rollout.deploy_id, rollout.action)?;
+    if let Some(n) = &notifiers {
+        rollout.sink = Arc::new(crate::notify::Fanout(vec![
+            Arc::clone(&rollout.sink),
+            Arc::clone(n) as Arc<dyn Sink>,
+        ]));
     }
+    let result = executor::run(cluster, &rollout, program).await;
+    drop(rollout);
+    super::notify::finish(ctx, notifiers).await;
+    Ok(result?)
+}
+
+fn finish(ctx: &Context, report: &Report) -> u8 {
     ctx.out.result(&format!("deployed {}", report.release));
     exit::OK
 }
@@ -394,12 +430,14 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
             &loaded,
             &args.environment,
             &in_progress,
-            Action::Rollback,
+            Action::Revert,
         )?;
-        let report = canary::revert(&cluster, &rollout, &in_progress).await?;
+        let program = canary::revert_program(&rollout.plan, &in_progress);
+        let report = run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
         ctx.out.result(&format!(
             "canary of {} reverted; hosts back on {}",
-            in_progress.release, report.release
+            in_progress.release,
+            report.previous.as_deref().unwrap_or("no release")
         ));
         return Ok(exit::OK);
     }
@@ -444,6 +482,7 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         &deployer(),
     );
     plan.release_id = release;
+    let program = crate::rollout::compile(&plan, Action::Rollback);
     let rollout = Rollout {
         plan: Arc::new(plan),
         action: Action::Rollback,
@@ -451,8 +490,9 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         secrets: Secrets::default(),
         deploy_id: deploy_id(),
         sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        interrupt: ctx.interrupt.clone(),
     };
-    let report = gated::deploy(&cluster, &rollout).await?;
+    let report = run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
     ctx.out
         .result(&format!("rolled back to {}", report.release));
     Ok(exit::OK)
@@ -496,6 +536,7 @@ fn canary_rollout(
         secrets: Secrets::default(),
         deploy_id: deploy_id(),
         sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        interrupt: ctx.interrupt.clone(),
     })
 }
 
@@ -512,10 +553,8 @@ pub async fn promote(ctx: &Context, args: &super::inspect::EnvArgs) -> anyhow::R
         &in_progress,
         Action::Promote,
     )?;
-    let report = canary::promote(&cluster, &rollout, &in_progress).await?;
-    for warning in &report.warnings {
-        ctx.out.warn(warning);
-    }
+    let program = canary::promote_program(&rollout.plan, &in_progress);
+    let report = run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
     ctx.out
         .result(&format!("promoted {} to every host", report.release));
     Ok(exit::OK)

@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::context::{Context, deployer};
+use super::context::{Context, deploy_id, deployer};
 use super::exit;
 use crate::notify::{Event, Sink};
-use crate::rollout::state::Freeze;
+use crate::rollout::state::{Action, Freeze};
+use crate::rollout::steps::{Rollout, Secrets};
 use crate::rollout::{lock, manage};
+use crate::source::Commit;
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
@@ -297,41 +299,114 @@ fn check_one(
     }
 }
 
+/// `slipway recover`: finishes or undoes an interrupted rollout on the
+/// reachable hosts, with one program (see `manage::recover_program`), and
+/// says which it did. Exit 4 while a host is still unreachable.
 pub async fn recover(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
-    // Recovery holds the lock like a rollout: it refuses a rollout that is
-    // still alive, and waits out the lease of one whose runner died.
-    let sink = Arc::clone(&ctx.out) as Arc<dyn Sink>;
-    let plan = crate::plan::plan(
+    let (cluster, lost) = ctx.connect_reachable(env).await;
+    let states = cluster.read_state().await?;
+    let histories = manage::histories(&cluster).await;
+    let hosts: Vec<_> = cluster
+        .names()
+        .into_iter()
+        .zip(states)
+        .zip(histories)
+        .map(|((name, state), (_, history))| (name, state, history.unwrap_or_default()))
+        .collect();
+    for (host, why) in &lost {
+        ctx.out
+            .warn(&format!("{host}: UNREACHABLE ({why}); not recovered"));
+    }
+    let Some(rec) = manage::recovery(&hosts) else {
+        ctx.out
+            .result("nothing to recover: no reachable host has an interrupted rollout");
+        return Ok(if lost.is_empty() {
+            exit::OK
+        } else {
+            exit::ATTENTION
+        });
+    };
+    let how = match rec.direction {
+        manage::Direction::Finish => format!(
+            "finishing it: {} already serves on other hosts",
+            rec.release
+        ),
+        manage::Direction::Undo => "undoing it: it never passed its point of no return".to_owned(),
+    };
+    ctx.out.info(&format!(
+        "rollout {} of {} stopped at {} on {}; {how}",
+        rec.deploy_id,
+        rec.release,
+        rec.phase,
+        rec.hosts.join(", ")
+    ));
+    let commit = Commit {
+        id: String::new(),
+        short: rec
+            .release
+            .rsplit('-')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        time: 0,
+        subject: format!("recover {}", rec.deploy_id),
+        author: String::new(),
+        committer: String::new(),
+    };
+    let mut plan = crate::plan::plan(
         &loaded.config,
         &args.environment,
         env,
         &loaded.branch,
-        &loaded.commit,
+        &commit,
         &deployer(),
     );
-    let rollout = crate::rollout::steps::Rollout {
+    plan.release_id.clone_from(&rec.release);
+    let program = manage::recover_program(&plan, &rec, &cluster.names());
+    let rollout = Rollout {
         plan: Arc::new(plan),
-        action: crate::rollout::state::Action::Recover,
+        action: Action::Recover,
         artifact: None,
-        secrets: crate::rollout::steps::Secrets::default(),
-        deploy_id: super::context::deploy_id(),
-        sink: Arc::clone(&sink),
+        secrets: Secrets::default(),
+        deploy_id: deploy_id(),
+        sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        interrupt: ctx.interrupt.clone(),
     };
-    let who = deployer();
-    let (_, changed) = lock::held_for_recovery(&cluster, &rollout, |_| {
-        manage::recover(&cluster, &who, Arc::clone(&sink))
-    })
-    .await?;
-    if changed.is_empty() {
-        ctx.out
-            .result("nothing to recover: no host has an interrupted rollout");
+    super::deploy::run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
+    let end = match rec.direction {
+        manage::Direction::Finish => format!(
+            "finished: {} on {}, open",
+            rec.hosts.join(", "),
+            rec.release
+        ),
+        manage::Direction::Undo => format!(
+            "undone: {} back on {}, open",
+            rec.hosts.join(", "),
+            rec.previous
+                .values()
+                .next()
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "no release".to_owned())
+        ),
+    };
+    ctx.out
+        .result(&format!("recovered rollout {}: {end}", rec.deploy_id));
+    if lost.is_empty() {
+        Ok(exit::OK)
     } else {
-        ctx.out.result(&format!("recovered {}", changed.join(", ")));
+        ctx.out.warn(&format!(
+            "run `slipway recover {}` again once {} reachable",
+            args.environment,
+            lost.iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(exit::ATTENTION)
     }
-    Ok(exit::OK)
 }
 
 #[derive(Debug, Args)]
