@@ -299,6 +299,11 @@ pub(super) async fn run_program(
     mut rollout: Rollout,
     program: &Program,
 ) -> anyhow::Result<Report> {
+    // A freeze refuses before anything starts (or is announced); recovery
+    // repairs and is never frozen out.
+    if rollout.action != Action::Recover {
+        crate::rollout::lock::refuse_frozen(cluster, &rollout.plan.environment).await?;
+    }
     let notifiers =
         super::notify::start(config, &rollout.plan, &rollout.deploy_id, rollout.action)?;
     if let Some(n) = &notifiers {

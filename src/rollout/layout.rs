@@ -100,11 +100,21 @@ impl Layout {
     /// lease. Exits [`FROZEN`] printing the `freeze` record while deploys
     /// are frozen, and [`LOCK_HELD`] printing the holder (`lock` and
     /// `lock_age` lines, as [`Layout::read_state`] does) when it is taken.
-    pub fn lock(&self, deploy_id: &str, owner_json: &str) -> Result<Script, Unquotable> {
+    /// A recovery (`frozen_too`) takes it while frozen: it repairs.
+    pub fn lock(
+        &self,
+        deploy_id: &str,
+        owner_json: &str,
+        frozen_too: bool,
+    ) -> Result<Script, Unquotable> {
         let tmp = format!(".slipway/lock.{deploy_id}");
-        Ok(self
-            .prepare()?
-            .raw(FREEZE_CHECK)
+        let script = self.prepare()?;
+        let script = if frozen_too {
+            script
+        } else {
+            script.raw(FREEZE_CHECK)
+        };
+        Ok(script
             .line("printf '%s\\n' {} > {}", [owner_json, &tmp])?
             .line(
                 "if ln {} .slipway/lock 2>/dev/null; then rm -f {}; exit 0; fi; rm -f {}",
@@ -883,7 +893,7 @@ mod tests {
         let layout = Layout::new(root.path().to_str().unwrap().to_owned());
         let owner =
             r#"{"deploy_id":"ab","who":"ann","machine":"m","pid":1,"since":"t","lease_ms":1}"#;
-        assert_eq!(sh(&layout.lock("ab", owner).unwrap()).0, 0);
+        assert_eq!(sh(&layout.lock("ab", owner, false).unwrap()).0, 0);
         let lock = root.path().join(".slipway/lock");
         for other in ["a", "b", "\"", "deploy_id", "", "ab\""] {
             assert_eq!(sh(&layout.unlock(other).unwrap()).0, 0);
@@ -916,8 +926,8 @@ mod tests {
         let layout = Layout::new(root.path().to_str().unwrap().to_owned());
         let owner =
             r#"{"deploy_id":"d1","who":"ann","machine":"m","pid":1,"since":"t","lease_ms":30000}"#;
-        assert_eq!(sh(&layout.lock("d1", owner).unwrap()).0, 0);
-        let (code, out) = sh(&layout.lock("d2", owner).unwrap());
+        assert_eq!(sh(&layout.lock("d1", owner, false).unwrap()).0, 0);
+        let (code, out) = sh(&layout.lock("d2", owner, false).unwrap());
         assert_eq!(code, LOCK_HELD, "{out}");
         let seen = crate::rollout::HostState::parse(&out);
         assert_eq!(seen.lock.unwrap().unwrap().deploy_id, "d1");
@@ -925,12 +935,12 @@ mod tests {
 
         let freeze = r#"{"who":"bob","machine":"m","since":"t","message":"sale"}"#;
         assert_eq!(sh(&layout.freeze(freeze).unwrap()).0, 0);
-        let (code, out) = sh(&layout.lock("d2", owner).unwrap());
+        let (code, out) = sh(&layout.lock("d2", owner, false).unwrap());
         assert_eq!(code, FROZEN, "{out}");
         let seen = crate::rollout::HostState::parse(&out);
         assert_eq!(seen.freeze.unwrap().unwrap().message, "sale");
         assert_eq!(sh(&layout.thaw().unwrap()).0, 0);
-        assert_eq!(sh(&layout.lock("d2", owner).unwrap()).0, LOCK_HELD);
+        assert_eq!(sh(&layout.lock("d2", owner, false).unwrap()).0, LOCK_HELD);
     }
 
     #[test]

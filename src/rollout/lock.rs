@@ -92,7 +92,8 @@ pub async fn held<T>(
 /// died: it refuses at once when the lock's lease is still being renewed
 /// (a live rollout holds it); when it has stopped being renewed, it says
 /// so, waits for the lease to expire, checks it was not renewed meanwhile,
-/// and takes the lock over. `work` gets the dead holder's deploy id (`None`
+/// and takes the lock over (a freeze does not stop it: recovery repairs,
+/// it does not deploy). `work` gets the dead holder's deploy id (`None`
 /// when the environment was not locked), which is also returned.
 ///
 /// # Errors
@@ -110,12 +111,13 @@ where
     let me = owner(&r.deploy_id, &r.plan.deployer, r.plan.lock_lease);
     let started = Instant::now();
     let taken = match wait_out(cluster, &r.plan.environment, r.sink.as_ref()).await {
-        Ok(dead) => acquire(
+        Ok(dead) => take(
             cluster,
             &r.plan.environment,
             &me,
             Duration::ZERO,
             r.sink.as_ref(),
+            true,
         )
         .await
         .map(|()| dead),
@@ -298,10 +300,23 @@ pub async fn acquire(
     wait: Duration,
     sink: &dyn Sink,
 ) -> Result<(), RolloutError> {
+    take(cluster, environment, me, wait, sink, false).await
+}
+
+/// [`acquire`]; `frozen_too` takes the lock while deploys are frozen (for
+/// a recovery, which repairs rather than deploys).
+async fn take(
+    cluster: &Cluster,
+    environment: &str,
+    me: &LockOwner,
+    wait: Duration,
+    sink: &dyn Sink,
+    frozen_too: bool,
+) -> Result<(), RolloutError> {
     let deadline = Instant::now() + wait;
     let mut told = false;
     loop {
-        let (host, seen) = match try_all(cluster, me).await? {
+        let (host, seen) = match try_all(cluster, me, frozen_too).await? {
             Attempt::Taken => return Ok(()),
             Attempt::Frozen { host, freeze } => {
                 // No waiting: a freeze is lifted by a person, not by time.
@@ -544,7 +559,11 @@ enum Attempt {
 
 /// Tries each host in order; on the first refusal releases what was taken
 /// and says why.
-async fn try_all(cluster: &Cluster, me: &LockOwner) -> Result<Attempt, RolloutError> {
+async fn try_all(
+    cluster: &Cluster,
+    me: &LockOwner,
+    frozen_too: bool,
+) -> Result<Attempt, RolloutError> {
     let json = serde_json::to_string(me).expect("lock owner serialises");
     for (i, host) in cluster.hosts.iter().enumerate() {
         let host = host.clone();
@@ -552,7 +571,7 @@ async fn try_all(cluster: &Cluster, me: &LockOwner) -> Result<Attempt, RolloutEr
         let result = tokio::task::spawn_blocking(move || {
             let script = host
                 .layout
-                .lock(&deploy_id, &json)
+                .lock(&deploy_id, &json, frozen_too)
                 .map_err(|e| host.transport.unquotable(e))?;
             let mut out = String::new();
             // The holder is one line of at most 64 KiB, plus its age.
