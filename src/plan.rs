@@ -44,6 +44,10 @@ pub struct Plan {
     pub parallel: usize,
     #[serde(with = "humantime_serde_compat")]
     pub lock_wait: Duration,
+    /// The lock's lease (see `rollout::lock`); not part of what a plan
+    /// shows.
+    #[serde(skip)]
+    pub lock_lease: Duration,
     pub deployer: String,
     pub copy_back: Vec<String>,
     pub batch: Share,
@@ -118,6 +122,7 @@ pub fn plan(
         keep_releases: config.app.keep_releases,
         parallel: env.parallel,
         lock_wait: env.lock_wait,
+        lock_lease: env.lock_lease,
         deployer: deployer.to_owned(),
         copy_back: env.copy_back.clone(),
         batch: env.batch,

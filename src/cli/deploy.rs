@@ -275,8 +275,16 @@ fn already_there_in(
             "{release} is already live on {environment}; nothing to deploy"
         ));
     }
+    // A lock whose lease expired is a dead runner's: its release is not
+    // being deployed, and the deploy must go on to say so.
+    let live = |lock: &crate::rollout::LockOwner, age: Option<Duration>| {
+        lock.lease_ms
+            .is_none_or(|lease| age.is_none_or(|age| age < Duration::from_millis(lease)))
+    };
     let in_progress = states.iter().find_map(|s| match (&s.lock, &s.journal) {
-        (Some(Ok(lock)), Some(Ok(journal))) if journal.release == release => {
+        (Some(Ok(lock)), Some(Ok(journal)))
+            if journal.release == release && live(lock, s.lock_age) =>
+        {
             Some(lock.deploy_id.clone())
         }
         _ => None,
@@ -335,6 +343,7 @@ pub async fn execute(
         );
         return Ok(Some(Done::DryRun(program)));
     }
+    refuse_frozen(ctx, env, &args.environment).await?;
     let secrets = resolve_secrets(&plan)?;
     let deploy_id = deploy_id();
     let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id, Action::Deploy)?;
@@ -400,6 +409,19 @@ pub async fn execute(
     Ok(Some(Done::Deployed(result?)))
 }
 
+/// A frozen environment refuses before anything is built. Hosts that
+/// cannot be reached here are left to the rollout to report.
+pub(super) async fn refuse_frozen(
+    ctx: &Context,
+    env: &crate::config::Environment,
+    environment: &str,
+) -> Result<(), RolloutError> {
+    match ctx.connect(env).await {
+        Ok(cluster) => crate::rollout::lock::refuse_frozen(&cluster, environment).await,
+        Err(_) => Ok(()),
+    }
+}
+
 /// What `--dry-run` prints: the commit and release, then the program the
 /// executor would walk, step by step.
 pub(super) fn dry_run(plan: &Plan, program: &Program) -> String {
@@ -423,6 +445,11 @@ pub(super) async fn run_program(
     mut rollout: Rollout,
     program: &Program,
 ) -> anyhow::Result<Report> {
+    // A freeze refuses before anything starts (or is announced); recovery
+    // repairs and is never frozen out.
+    if rollout.action != Action::Recover {
+        crate::rollout::lock::refuse_frozen(cluster, &rollout.plan.environment).await?;
+    }
     let notifiers =
         super::notify::start(config, &rollout.plan, &rollout.deploy_id, rollout.action)?;
     if let Some(n) = &notifiers {

@@ -157,6 +157,17 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
             json: false,
         };
         if args.detach && !deploy_args.dry_run {
+            // The pusher is told of a freeze now, not in a log later.
+            if let Some(env) = config
+                .as_ref()
+                .and_then(|c| c.environment(&environment).ok())
+                && let Err(e) = super::deploy::refuse_frozen(ctx, env, &environment).await
+            {
+                code = e.exit_code();
+                ctx.out
+                    .result(&format!("slipway: {environment} deploy REFUSED: {e}"));
+                continue;
+            }
             let log = detach(ctx, &deploy_args)?;
             ctx.out.result(&format!(
                 "slipway: {environment}: deploying {} in the background; log: {} (see `slipway status {environment}`)",

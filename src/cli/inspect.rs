@@ -1,4 +1,4 @@
-//! `slipway status`, `releases`, `check`, `recover` and `unlock`.
+//! `slipway status`, `check`, `nginx`, `recover`, `lock` and `unlock`.
 
 use std::sync::Arc;
 
@@ -6,10 +6,10 @@ use clap::Args;
 
 use super::context::{Context, deploy_id, deployer};
 use super::exit;
-use crate::notify::Sink;
-use crate::rollout::manage;
-use crate::rollout::state::Action;
+use crate::notify::{Event, Sink};
+use crate::rollout::state::{Action, Freeze};
 use crate::rollout::steps::{Rollout, Secrets};
+use crate::rollout::{lock, manage};
 use crate::source::Commit;
 
 #[derive(Debug, Args)]
@@ -45,6 +45,7 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     }));
     let order = env.all_hosts();
     hosts.sort_by_key(|h| order.iter().position(|s| *s == h.host));
+    let mut frozen = None;
     for host in hosts {
         let line = match &host.state {
             Err(e) => {
@@ -58,9 +59,22 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
                 ];
                 if let Some(lock) = &state.lock {
                     parts.push(match lock {
-                        Ok(owner) => format!("locked by {owner}"),
-                        Err(raw) => format!("locked ({raw})"),
+                        Ok(owner) => {
+                            format!("locked by {owner}{}", lease_text(owner, state.lock_age))
+                        }
+                        Err(raw) => format!(
+                            "LOCK FILE IS NOT SLIPWAY'S ({}; `slipway unlock {}` removes it)",
+                            crate::notify::message::clip(raw, 200),
+                            args.environment
+                        ),
                     });
+                }
+                if let Some(freeze) = &state.freeze {
+                    frozen.get_or_insert_with(|| match freeze {
+                        Ok(f) => f.to_string(),
+                        Err(raw) => format!("frozen ({raw})"),
+                    });
+                    parts.push("FROZEN".to_owned());
                 }
                 if let Some(Ok(canary)) = &state.canary {
                     parts.push(format!(
@@ -83,6 +97,12 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         };
         ctx.out.result(&line);
     }
+    if let Some(freeze) = frozen {
+        ctx.out.result(&format!(
+            "deploys are {freeze}; `slipway unlock {}` lifts it",
+            args.environment
+        ));
+    }
     // A deploy queued by a detached push hook logs beside the repository.
     let log = ctx
         .repo
@@ -101,6 +121,19 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
         ));
     }
     Ok(code)
+}
+
+/// How a lock's lease stands, by the host's clock: `, lease renewed 1s ago`.
+fn lease_text(owner: &crate::rollout::LockOwner, age: Option<std::time::Duration>) -> String {
+    match (owner.lease_ms, age) {
+        (None, _) => ", no lease (an older slipway)".to_owned(),
+        (Some(lease), Some(age)) if age.as_millis() >= u128::from(lease) => format!(
+            ", lease EXPIRED {}s ago (the next rollout takes it over)",
+            (age.as_millis() - u128::from(lease)) / 1000
+        ),
+        (Some(_), Some(age)) => format!(", lease renewed {}s ago", age.as_secs()),
+        (Some(_), None) => String::new(),
+    }
 }
 
 /// The end of a log that only ever grows: its last 64 KiB, enough for the
@@ -384,19 +417,92 @@ pub async fn recover(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     }
 }
 
-pub async fn unlock(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The environment to freeze, as named in slipway.toml.
+    pub environment: String,
+    /// Why deploys are frozen; shown to everyone whose deploy is refused,
+    /// and sent to chat.
+    #[arg(long, short, env = "SLIPWAY_LOCK_MESSAGE")]
+    pub message: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// The environment, as named in slipway.toml.
+    pub environment: String,
+    /// Also remove the lock of a rollout whose lease is still being
+    /// renewed (a live rollout: two may then run at once).
+    #[arg(long, env = "SLIPWAY_UNLOCK_FORCE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub force: bool,
+}
+
+/// `slipway lock <env> --message`: a freeze record on every host, and a
+/// word to chat.
+pub async fn lock(ctx: &Context, args: &LockArgs) -> anyhow::Result<u8> {
+    let loaded = ctx.load(&args.environment, None)?;
+    let env = loaded.config.environment(&args.environment)?;
+    anyhow::ensure!(
+        !args.message.trim().is_empty(),
+        "say why deploys are frozen: --message \"…\" is shown to everyone whose deploy is refused"
+    );
+    let cluster = ctx.connect(env).await?;
+    let record = Freeze {
+        who: deployer(),
+        machine: lock::machine_name(),
+        since: crate::rollout::state::now(),
+        message: args.message.trim().to_owned(),
+    };
+    manage::freeze(&cluster, &record).await?;
+    ctx.out.result(&format!(
+        "deploys to {} are {record}; `slipway unlock {}` lifts it",
+        args.environment, args.environment
+    ));
+    super::notify::announce(
+        ctx,
+        &loaded.config,
+        &args.environment,
+        &Event::Frozen {
+            environment: args.environment.clone(),
+            who: record.who,
+            message: record.message,
+        },
+    )
+    .await?;
+    Ok(exit::OK)
+}
+
+pub async fn unlock(ctx: &Context, args: &UnlockArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
     let cluster = ctx.connect(env).await?;
-    let removed = manage::unlock(&cluster).await?;
-    if removed.is_empty() {
+    let done = manage::unlock(&cluster, &args.environment, args.force).await?;
+    if let Some(was) = &done.thawed {
+        ctx.out.result(&format!(
+            "lifted the freeze on {} (it was {was})",
+            args.environment
+        ));
+        super::notify::announce(
+            ctx,
+            &loaded.config,
+            &args.environment,
+            &Event::Unfrozen {
+                environment: args.environment.clone(),
+                who: deployer(),
+                was: was.clone(),
+            },
+        )
+        .await?;
+    }
+    for removed in &done.removed {
+        ctx.out.result(&format!("removed {removed}"));
+    }
+    if let Some(live) = done.live {
+        return Err(live.into());
+    }
+    if done.thawed.is_none() && done.removed.is_empty() {
         ctx.out
             .result(&format!("{} was not locked", args.environment));
-    } else {
-        ctx.out.result(&format!(
-            "removed the lock of rollout {}",
-            removed.join(", ")
-        ));
     }
     Ok(exit::OK)
 }

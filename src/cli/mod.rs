@@ -41,14 +41,14 @@ pub mod exit {
     /// Hosts need attention: unreachable and left closed, or an interrupted
     /// rollout to `recover`.
     pub const ATTENTION: u8 = 4;
-    /// Another rollout holds the environment lock.
+    /// Another rollout holds the environment lock, or deploys are frozen.
     pub const LOCKED: u8 = 5;
 }
 
 const AFTER_HELP: &str = "\
 Exit status: 0 done, 1 failed before changing anything, 2 bad usage or config,
 3 rolled back to the previous release, 4 hosts need attention (see `slipway
-status`), 5 the environment is locked by another rollout.
+status`), 5 the environment is locked by another rollout or frozen.
 
 Start with `slipway demo`: a full gated rollout to three local hosts, no setup.";
 
@@ -180,8 +180,14 @@ pub enum Command {
     /// Undo a rollout that was interrupted (slipway killed, host lost):
     /// every host it touched goes back to its previous release and opens.
     Recover(inspect::EnvArgs),
-    /// Remove an environment's lock left by a rollout that is gone.
-    Unlock(inspect::EnvArgs),
+    /// Freeze deploys to an environment: every deploy, rollback and promote
+    /// (CLI, git push, CI) is refused with your message until `slipway
+    /// unlock`.
+    Lock(inspect::LockArgs),
+    /// Lift a freeze, and remove a lock left by a rollout that is gone (its
+    /// lease expired) or a lock file that is not slipway's; a live rollout's
+    /// lock only with --force.
+    Unlock(inspect::UnlockArgs),
     /// Deploy from a GitHub Actions run: reads the event, maps the branch,
     /// records a GitHub Deployment, writes step outputs and a summary.
     Ci(ci::CiArgs),
@@ -309,6 +315,7 @@ async fn run(ctx: &Context, command: Command) -> anyhow::Result<u8> {
         Command::Check(args) => inspect::check(ctx, &args).await,
         Command::Nginx(args) => inspect::nginx(ctx, &args).await,
         Command::Recover(args) => inspect::recover(ctx, &args).await,
+        Command::Lock(args) => inspect::lock(ctx, &args).await,
         Command::Unlock(args) => inspect::unlock(ctx, &args).await,
         Command::Ci(args) => ci::ci(ctx, &args).await,
         Command::Hook(command) => hook::hook(ctx, command).await,

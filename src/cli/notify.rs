@@ -85,6 +85,34 @@ pub fn start(
     Ok((!notifiers.is_empty()).then(|| Arc::new(notifiers)))
 }
 
+/// Tells the notifiers of `config` about `event`, a moment outside any
+/// rollout (a freeze, its lifting), and waits for the deliveries; a failed
+/// one is a warning.
+///
+/// # Errors
+/// A bad `[notify]` or an unset credential variable.
+pub async fn announce(
+    ctx: &Context,
+    config: &Config,
+    environment: &str,
+    event: &crate::notify::Event,
+) -> anyhow::Result<()> {
+    let info = DeployInfo {
+        app: config.app.name.clone(),
+        environment: environment.to_owned(),
+        deployer: deployer(),
+        deploy_id: deploy_id(),
+        ..DeployInfo::default()
+    };
+    let notifiers = Notifiers::from_config(&config.notify, info)?;
+    if notifiers.is_empty() {
+        return Ok(());
+    }
+    crate::notify::Sink::emit(&notifiers, event);
+    warn(ctx, &notifiers.finish().await);
+    Ok(())
+}
+
 /// Waits for the last deliveries and prints a warning for each failure.
 /// Call once the rollout (and with it every other handle) is dropped.
 pub async fn finish(ctx: &Context, notifiers: Option<Arc<Notifiers>>) {

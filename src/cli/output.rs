@@ -215,7 +215,8 @@ impl Sink for Console {
                     duration.as_secs_f64()
                 ));
             }
-            Event::Failed { .. } => {}
+            // `slipway lock`/`unlock` print their own result.
+            Event::Failed { .. } | Event::Frozen { .. } | Event::Unfrozen { .. } => {}
         }
     }
 

@@ -217,6 +217,12 @@ pub struct Environment {
     /// How long to wait for another rollout's lock before giving up.
     #[serde(default = "default_lock_wait", with = "duration")]
     pub lock_wait: Duration,
+    /// How long the lock outlives its holder: the runner renews it every
+    /// sixth of this while it runs; a lock not renewed for this long is
+    /// stale and the next rollout (or `recover`) takes it over. Short, so a
+    /// crashed runner costs seconds, not minutes.
+    #[serde(default = "default_lock_lease", with = "duration")]
+    pub lock_lease: Duration,
     /// How many hosts are worked on at once.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
@@ -361,6 +367,10 @@ fn default_hook_timeout() -> Duration {
 
 fn default_lock_wait() -> Duration {
     Duration::from_secs(0)
+}
+
+pub fn default_lock_lease() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_parallel() -> usize {

@@ -537,6 +537,12 @@ fn waits_parallel_and_url_are_bounded() {
     assert_at(&err, 20, 1, "environments.production.hook_timeout");
     let err = parse_err(&with_production("lock_wait = \"8days\""));
     assert_at(&err, 19, 1, "environments.production.lock_wait");
+    // A lease renewed every sixth of it: under a second is renewal spam,
+    // an hour is an hour of a crashed runner holding the environment.
+    for lease in ["500ms", "1h"] {
+        let err = parse_err(&with_production(&format!("lock_lease = \"{lease}\"")));
+        assert_at(&err, 19, 1, "environments.production.lock_lease");
+    }
     let err = parse_err(&edited(
         "status = 200 }",
         "status = 200, timeout = \"30days\" }",

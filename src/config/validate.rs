@@ -353,6 +353,16 @@ fn check_environment(
     ] {
         check_wait(wait, &path.key(key), issues);
     }
+    if !(MIN_LOCK_LEASE..=MAX_LOCK_LEASE).contains(&env.lock_lease) {
+        issues.add(
+            path.key("lock_lease"),
+            format!(
+                "lock_lease must be between {} and {}: the runner renews it every sixth of it, and a crashed runner holds the environment that long",
+                humantime::format_duration(MIN_LOCK_LEASE),
+                humantime::format_duration(MAX_LOCK_LEASE)
+            ),
+        );
+    }
     if let Some(url) = &env.url
         && !is_http_url(url)
     {
@@ -376,6 +386,11 @@ fn check_environment(
         }
     }
 }
+
+/// The shortest lease: renewed every sixth of it, over SSH.
+const MIN_LOCK_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest: a crashed runner blocks the environment this long.
+const MAX_LOCK_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn check_hosts(env: &Environment, path: &KeyPath, issues: &mut Issues) {
     let hosts = path.key("hosts");

@@ -23,7 +23,7 @@ impl Events {
                     keys.invalid(
                         "events",
                         format!(
-                            "`{name}` is not an event; use any of: started, succeeded, failed, rolled-back"
+                            "`{name}` is not an event; use any of: started, succeeded, failed, rolled-back, frozen, unfrozen"
                         ),
                     )
                 })

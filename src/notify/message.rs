@@ -70,17 +70,23 @@ pub enum Kind {
     Succeeded,
     Failed,
     RolledBack,
+    /// Deploys frozen (`slipway lock --message`).
+    Frozen,
+    /// A freeze lifted (`slipway unlock`).
+    Unfrozen,
     /// `slipway notify test`: not part of any rollout.
     Test,
 }
 
 impl Kind {
-    /// The four a config may list.
-    pub const CONFIGURABLE: [Kind; 4] = [
+    /// The ones a config may list.
+    pub const CONFIGURABLE: [Kind; 6] = [
         Kind::Started,
         Kind::Succeeded,
         Kind::Failed,
         Kind::RolledBack,
+        Kind::Frozen,
+        Kind::Unfrozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +95,8 @@ impl Kind {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::RolledBack => "rolled-back",
+            Self::Frozen => "frozen",
+            Self::Unfrozen => "unfrozen",
             Self::Test => "test",
         }
     }
@@ -112,6 +120,8 @@ pub struct Occasion {
     /// The release the hosts went back to (rolled back).
     pub restored: Option<String>,
     pub error: Option<String>,
+    /// Why deploys were frozen (frozen), or the freeze lifted (unfrozen).
+    pub reason: Option<String>,
     /// The engine's event, for the generic webhook; `None` for a test.
     pub event: Option<Event>,
 }
@@ -149,6 +159,16 @@ impl Occasion {
                 occasion.restored.clone_from(rolled_back_to);
                 occasion.error = Some(error.clone());
             }
+            Event::Frozen { who, message, .. } => {
+                occasion.kind = Kind::Frozen;
+                occasion.info.deployer.clone_from(who);
+                occasion.reason = Some(message.clone());
+            }
+            Event::Unfrozen { who, was, .. } => {
+                occasion.kind = Kind::Unfrozen;
+                occasion.info.deployer.clone_from(who);
+                occasion.reason = Some(was.clone());
+            }
             Event::HostPhase { .. }
             | Event::StepDone { .. }
             | Event::HostFailed { .. }
@@ -169,6 +189,7 @@ impl Occasion {
             previous: None,
             restored: None,
             error: None,
+            reason: None,
             event: None,
         }
     }
@@ -220,6 +241,12 @@ impl Occasion {
                 "canary {r} reverted; hosts back on {}",
                 self.previous.as_deref().unwrap_or("the previous release")
             ),
+            (Kind::Frozen, _) => format!(
+                "deploys frozen by {}: {}",
+                i.deployer,
+                self.reason.as_deref().unwrap_or_default()
+            ),
+            (Kind::Unfrozen, _) => format!("deploys unfrozen by {}", i.deployer),
             (Kind::Succeeded, Action::Recover) => format!("interrupted rollout of {r} recovered"),
             (Kind::Succeeded, _) => format!("{r} is live"),
             (Kind::Failed, action) => format!("{} {r} failed", doing(action)),
@@ -236,6 +263,8 @@ impl Occasion {
             Kind::Succeeded => "✅",
             Kind::Failed => "❌",
             Kind::RolledBack => "↩️",
+            Kind::Frozen => "🧊",
+            Kind::Unfrozen => "▶️",
             Kind::Test => "🔔",
         }
     }
@@ -258,6 +287,33 @@ impl Occasion {
     /// Labelled facts, in the order chat cards show them.
     pub fn facts(&self) -> Vec<(&'static str, String)> {
         let i = &self.info;
+        match self.kind {
+            Kind::Frozen | Kind::Unfrozen => {
+                let by = if self.kind == Kind::Frozen {
+                    "Frozen by"
+                } else {
+                    "Unfrozen by"
+                };
+                let mut facts = vec![
+                    ("App", i.app.clone()),
+                    ("Environment", i.environment.clone()),
+                    (by, i.deployer.clone()),
+                ];
+                if let Some(reason) = &self.reason {
+                    let label = if self.kind == Kind::Frozen {
+                        "Reason"
+                    } else {
+                        "Was"
+                    };
+                    facts.push((label, clip(reason, 500)));
+                }
+                if self.kind == Kind::Frozen {
+                    facts.push(("Lift with", format!("slipway unlock {}", i.environment)));
+                }
+                return facts;
+            }
+            _ => {}
+        }
         let mut facts = vec![
             ("App", i.app.clone()),
             ("Environment", i.environment.clone()),
@@ -400,6 +456,37 @@ mod tests {
             message: "waiting".into(),
         };
         assert!(Occasion::from_event(&event, &info(), None).is_none());
+    }
+
+    #[test]
+    fn a_freeze_says_who_why_and_how_to_lift_it() {
+        let event = Event::Frozen {
+            environment: "production".into(),
+            who: "bob".into(),
+            message: "Black Friday".into(),
+        };
+        let o = Occasion::from_event(&event, &info(), None).expect("an occasion");
+        assert_eq!(o.kind, Kind::Frozen);
+        let text = o.plain();
+        for needle in [
+            "frozen by bob: Black Friday",
+            "Reason: Black Friday",
+            "slipway unlock production",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert!(!text.contains("Release"), "{text}");
+        let event = Event::Unfrozen {
+            environment: "production".into(),
+            who: "ann".into(),
+            was: "frozen by bob".into(),
+        };
+        let o = Occasion::from_event(&event, &info(), None).expect("an occasion");
+        assert!(
+            o.plain().contains("deploys unfrozen by ann"),
+            "{}",
+            o.plain()
+        );
     }
 
     #[test]

@@ -152,6 +152,20 @@ pub enum Event {
         /// Where the hosts ended up, when the failure was rolled back.
         rolled_back_to: Option<String>,
     },
+    /// `slipway lock --message`: deploys to the environment are refused
+    /// until it is unlocked.
+    Frozen {
+        environment: String,
+        who: String,
+        message: String,
+    },
+    /// `slipway unlock` lifted a freeze.
+    Unfrozen {
+        environment: String,
+        who: String,
+        /// The freeze that was lifted, as it read.
+        was: String,
+    },
 }
 
 mod secs {

@@ -48,11 +48,14 @@ impl Service for Slack {
 /// The message: a one-line `text` (what notifications show) and the facts.
 pub fn body(o: &Occasion) -> serde_json::Value {
     let mut text = o.headline();
-    text.push_str(&format!(" ({} by {}", o.commit_line(), o.info.deployer));
-    if let Some(took) = o.took() {
-        text.push_str(&format!(", {took}"));
+    // A freeze is about no commit; its headline already says who.
+    if !matches!(o.kind, Kind::Frozen | Kind::Unfrozen) {
+        text.push_str(&format!(" ({} by {}", o.commit_line(), o.info.deployer));
+        if let Some(took) = o.took() {
+            text.push_str(&format!(", {took}"));
+        }
+        text.push(')');
     }
-    text.push(')');
     if let Some(link) = &o.info.link {
         text.push_str(&format!(" <{link}|details>"));
     }
@@ -77,5 +80,6 @@ fn colour(kind: Kind) -> &'static str {
         Kind::Failed => "danger",
         Kind::RolledBack => "warning",
         Kind::Started | Kind::Test => "#439FE0",
+        Kind::Frozen | Kind::Unfrozen => "#7F8C8D",
     }
 }

@@ -47,7 +47,15 @@ pub async fn run(
     });
     let _active = r.interrupt.begin();
     let walk = Walk::new(cluster, r, program, started);
-    let result = lock::held(cluster, r, walk.run()).await;
+    // Recovery acts on a rollout whose runner died: it refuses a lease
+    // still being renewed and waits out one that stopped (see `lock`).
+    let result = if r.action == super::state::Action::Recover {
+        lock::held_for_recovery(cluster, r, |_| walk.run())
+            .await
+            .map(|(_, report)| report)
+    } else {
+        lock::held(cluster, r, walk.run()).await
+    };
     match &result {
         Ok(report) => r.sink.emit(&Event::Succeeded {
             deploy_id: r.deploy_id.clone(),

@@ -5,7 +5,11 @@
 //! releases/.<id>.staging  an unpack in progress; never a release
 //! current -> releases/<id>
 //! shared/                 persistent data, linked into every release
-//! .slipway/lock           environment lock (JSON: who, machine, pid, since)
+//! .slipway/lock           environment lock (JSON: deploy id first, who,
+//!                         machine, pid, since, lease); its mtime is the
+//!                         holder's last renewal, by the host's clock
+//! .slipway/freeze         present while deploys are frozen (JSON: who,
+//!                         machine, since, message)
 //! .slipway/journal.json   the rollout in flight on this host
 //! .slipway/history.jsonl  append-only record of every rollout
 //! .slipway/maintenance    present while the cluster is closed
@@ -33,6 +37,9 @@ use crate::transport::{Script, Unquotable};
 
 /// Exit status of the lock script when another rollout holds the lock.
 pub const LOCK_HELD: i32 = 75;
+
+/// Exit status of the lock script when deploys are frozen.
+pub const FROZEN: i32 = 76;
 
 /// Paths of one host's deploy root (already resolved by the transport).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,23 +96,92 @@ impl Layout {
     }
 
     /// Takes the lock atomically with `link(2)`, which fails if the lock
-    /// exists; the file appears already complete. Exits [`LOCK_HELD`] and
-    /// prints the holder when taken.
-    pub fn lock(&self, deploy_id: &str, owner_json: &str) -> Result<Script, Unquotable> {
+    /// exists; the file appears already complete, and its mtime starts the
+    /// lease. Exits [`FROZEN`] printing the `freeze` record while deploys
+    /// are frozen, and [`LOCK_HELD`] printing the holder (`lock` and
+    /// `lock_age` lines, as [`Layout::read_state`] does) when it is taken.
+    /// A recovery (`frozen_too`) takes it while frozen: it repairs.
+    pub fn lock(
+        &self,
+        deploy_id: &str,
+        owner_json: &str,
+        frozen_too: bool,
+    ) -> Result<Script, Unquotable> {
         let tmp = format!(".slipway/lock.{deploy_id}");
-        self.prepare()?
+        let script = self.prepare()?;
+        let script = if frozen_too {
+            script
+        } else {
+            script.raw(FREEZE_CHECK)
+        };
+        Ok(script
             .line("printf '%s\\n' {} > {}", [owner_json, &tmp])?
             .line(
-                "if ln {} .slipway/lock 2>/dev/null; then rm -f {}; else rm -f {}; cat .slipway/lock; exit 75; fi",
+                "if ln {} .slipway/lock 2>/dev/null; then rm -f {}; exit 0; fi; rm -f {}",
                 [&tmp, &tmp, &tmp],
-            )
+            )?
+            .raw(LOCK_SEEN)
+            .raw("exit 75"))
     }
 
-    /// Removes the lock if (and only if) `deploy_id` holds it.
+    /// Refreshes the lease (the lock file's mtime, by the host's clock) if
+    /// and only if `deploy_id` holds the lock; prints `renewed` or `lost`.
+    pub fn renew(&self, deploy_id: &str) -> Result<Script, Unquotable> {
+        Ok(self.start()?.raw(HELD_ID)).and_then(|s| {
+            s.line(
+                "if [ -n \"$held\" ] && [ \"$held\" = {} ]; then touch -c .slipway/lock; echo renewed; else echo lost; fi",
+                [deploy_id],
+            )
+        })
+    }
+
+    /// Removes the lock if (and only if) `deploy_id` holds it: the id in
+    /// the file is compared whole, never as a substring.
     pub fn unlock(&self, deploy_id: &str) -> Result<Script, Unquotable> {
+        Ok(self.start()?.raw(HELD_ID)).and_then(|s| {
+            s.line(
+                "if [ -n \"$held\" ] && [ \"$held\" = {} ]; then rm -f .slipway/lock; fi",
+                [deploy_id],
+            )
+        })
+    }
+
+    /// Removes `deploy_id`'s lock only if its lease has expired by this
+    /// host's clock (no renewal for `lease_ms`); prints `broken` if it did.
+    pub fn break_expired(&self, deploy_id: &str, lease_ms: u64) -> Result<Script, Unquotable> {
+        let lease = lease_ms.to_string();
+        Ok(self.start()?.raw(HELD_ID)).and_then(|s| {
+            s.line(
+                "if [ -n \"$held\" ] && [ \"$held\" = {} ] && m=$(LC_ALL=C stat -c %.3Y .slipway/lock 2>/dev/null) && [ $(( $(date +%s%3N) - $(printf %s \"$m\" | tr -d .) )) -ge {} ]; then rm -f .slipway/lock; echo broken; fi",
+                [deploy_id, &lease],
+            )
+        })
+    }
+
+    /// Removes the lock file if it still reads exactly `content` (as
+    /// [`Layout::read_state`] printed it): for `slipway unlock`, which must
+    /// remove what it showed and decided on, corrupt files included, and
+    /// nothing taken since. Prints `removed` if it did.
+    pub fn remove_lock_if(&self, content: &str) -> Result<Script, Unquotable> {
         self.start()?.line(
-            "if [ -f .slipway/lock ] && grep -qF {} .slipway/lock; then rm -f .slipway/lock; fi",
-            [deploy_id],
+            "if [ -f .slipway/lock ] && [ \"$(head -c 65536 .slipway/lock | tr -d '\\n')\" = {} ]; then rm -f .slipway/lock; echo removed; fi",
+            [content],
+        )
+    }
+
+    /// Freezes deploys on this host: writes the freeze record (replacing
+    /// any), never through a link.
+    pub fn freeze(&self, record_json: &str) -> Result<Script, Unquotable> {
+        Ok(self
+            .prepare()?
+            .then(&write_nofollow(".slipway", "freeze", record_json)?))
+    }
+
+    /// Lifts a deploy freeze on this host.
+    pub fn thaw(&self) -> Result<Script, Unquotable> {
+        Script::new().line(
+            "if [ -d {} ]; then rm -f {}/.slipway/freeze; fi",
+            [&self.root, &self.root],
         )
     }
 
@@ -426,11 +502,6 @@ impl Layout {
         argv.extend(releases.iter().map(|id| format!("releases/{id}")));
         script.cmd(argv)
     }
-
-    /// Forcibly removes a lock left by a rollout that no longer runs.
-    pub fn break_lock(&self, deploy_id: &str) -> Result<Script, Unquotable> {
-        self.unlock(deploy_id)
-    }
 }
 
 impl Layout {
@@ -621,19 +692,44 @@ p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
 if [ "$p" != "$d" ]; then printf 'missing\t%s\n' "$p"; fi
 if [ -w "$p" ]; then printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
-for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
+for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find stat date touch sed; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;
+
+/// Prints the lock file (`lock`, its first 64 KiB on one line) and its age
+/// in milliseconds by the host's own clock (`lock_age`), if there is one.
+/// The age is measured where the lease is renewed, so the clocks of the
+/// runners never matter.
+macro_rules! lock_seen {
+    () => {
+        r#"if [ -f .slipway/lock ]; then printf 'lock\t%s\n' "$(head -c 65536 .slipway/lock | tr -d '\n')"; if m=$(LC_ALL=C stat -c %.3Y .slipway/lock 2>/dev/null); then printf 'lock_age\t%s\n' "$(( $(date +%s%3N) - $(printf %s "$m" | tr -d .) ))"; fi; fi"#
+    };
+}
+
+const LOCK_SEEN: &str = lock_seen!();
+
+/// Refuses (exit [`FROZEN`], printing the record) while deploys are frozen.
+const FREEZE_CHECK: &str = r#"if [ -f .slipway/freeze ]; then printf 'freeze\t%s\n' "$(head -c 65536 .slipway/freeze | tr -d '\n')"; exit 76; fi"#;
+
+/// Sets `$held` to the deploy id at the start of the lock file (see
+/// `state::LockOwner`: the id is its first field), or to nothing when the
+/// file is missing or not slipway's. Callers compare it whole with `=`.
+const HELD_ID: &str = r#"held=$(LC_ALL=C sed -n '1s/^{"deploy_id":"\([^"\\]*\)".*$/\1/p' .slipway/lock 2>/dev/null || true)"#;
 
 /// Prints the host's state. Release ids are slipway's own (`[0-9A-Za-z-]`),
 /// so `ls` output is safe to read line by line.
-const READ_STATE: &str = r#"printf 'root\t1\n'
+const READ_STATE: &str = concat!(
+    r#"printf 'root\t1\n'
 if [ -L current ]; then printf 'current\t%s\n' "$(readlink current)"; fi
 if [ -e .slipway/maintenance ]; then printf 'closed\t1\n'; fi
-if [ -f .slipway/lock ]; then printf 'lock\t%s\n' "$(tr -d '\n' < .slipway/lock)"; fi
+"#,
+    lock_seen!(),
+    r#"
+if [ -f .slipway/freeze ]; then printf 'freeze\t%s\n' "$(head -c 65536 .slipway/freeze | tr -d '\n')"; fi
 if [ -f .slipway/journal.json ]; then printf 'journal\t%s\n' "$(tr -d '\n' < .slipway/journal.json)"; fi
 if [ -f .slipway/canary.json ]; then printf 'canary\t%s\n' "$(tr -d '\n' < .slipway/canary.json)"; fi
 if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
-if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#;
+if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#
+);
 
 #[cfg(test)]
 mod tests {
@@ -798,6 +894,77 @@ mod tests {
             std::fs::read_to_string(&env).unwrap(),
             "DB_PASSWORD=hunter2\n"
         );
+    }
+
+    /// Runs a layout script with `sh`; its exit code and output.
+    fn sh(script: &Script) -> (i32, String) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn lock_ids_are_compared_whole_never_as_substrings() {
+        // Before: `grep -qF <id>` let rollout `a` (or `b`, or `"`) release,
+        // renew or break the lock of rollout `ab`.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let owner =
+            r#"{"deploy_id":"ab","who":"ann","machine":"m","pid":1,"since":"t","lease_ms":1}"#;
+        assert_eq!(sh(&layout.lock("ab", owner, false).unwrap()).0, 0);
+        let lock = root.path().join(".slipway/lock");
+        for other in ["a", "b", "\"", "deploy_id", "", "ab\""] {
+            assert_eq!(sh(&layout.unlock(other).unwrap()).0, 0);
+            assert_eq!(
+                sh(&layout.renew(other).unwrap()).1.trim(),
+                "lost",
+                "{other}"
+            );
+            assert_eq!(sh(&layout.break_expired(other, 0).unwrap()).0, 0);
+            assert!(lock.exists(), "`{other}` removed the lock of `ab`");
+        }
+        assert_eq!(sh(&layout.renew("ab").unwrap()).1.trim(), "renewed");
+        // Its lease (1 ms) has expired by this host's clock: breakable.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            sh(&layout.break_expired("ab", 60_000).unwrap()).1.trim(),
+            ""
+        );
+        assert!(lock.exists(), "a lease of a minute is not expired");
+        assert_eq!(
+            sh(&layout.break_expired("ab", 1).unwrap()).1.trim(),
+            "broken"
+        );
+        assert!(!lock.exists());
+    }
+
+    #[test]
+    fn a_held_lock_shows_its_holder_and_age_and_a_freeze_refuses_first() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let owner =
+            r#"{"deploy_id":"d1","who":"ann","machine":"m","pid":1,"since":"t","lease_ms":30000}"#;
+        assert_eq!(sh(&layout.lock("d1", owner, false).unwrap()).0, 0);
+        let (code, out) = sh(&layout.lock("d2", owner, false).unwrap());
+        assert_eq!(code, LOCK_HELD, "{out}");
+        let seen = crate::rollout::HostState::parse(&out);
+        assert_eq!(seen.lock.unwrap().unwrap().deploy_id, "d1");
+        assert!(seen.lock_age.unwrap() < std::time::Duration::from_secs(5));
+
+        let freeze = r#"{"who":"bob","machine":"m","since":"t","message":"sale"}"#;
+        assert_eq!(sh(&layout.freeze(freeze).unwrap()).0, 0);
+        let (code, out) = sh(&layout.lock("d2", owner, false).unwrap());
+        assert_eq!(code, FROZEN, "{out}");
+        let seen = crate::rollout::HostState::parse(&out);
+        assert_eq!(seen.freeze.unwrap().unwrap().message, "sale");
+        assert_eq!(sh(&layout.thaw().unwrap()).0, 0);
+        assert_eq!(sh(&layout.lock("d2", owner, false).unwrap()).0, LOCK_HELD);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Looking after an environment between rollouts: status, release lists,
-//! rollback targets, recovery of an interrupted rollout, breaking a lock.
+//! rollback targets, recovery of an interrupted rollout, removing a lock,
+//! freezing deploys.
 //!
-//! Invariant: only [`recover`] and [`unlock`] change hosts, and each says
-//! exactly what it changed; everything else only reads.
+//! Invariant: only [`recover`], [`unlock`] and [`freeze`] change hosts, and
+//! each says exactly what it changed; everything else only reads.
 
 use super::state::{Action, HistoryEntry, HostState, Journal, Outcome};
 use super::{Cluster, RolloutError};
@@ -294,23 +295,108 @@ pub fn recover_program(plan: &crate::plan::Plan, rec: &Recovery, all: &[String])
     p
 }
 
-/// Removes whatever lock is on the environment's hosts. For a lock whose
-/// holder died on another machine, where slipway cannot prove it is stale.
+/// What `slipway unlock` did.
+#[derive(Debug, Default)]
+pub struct Unlocked {
+    /// The freeze it lifted, as it read.
+    pub thawed: Option<String>,
+    /// Each lock it removed, described for the user.
+    pub removed: Vec<String>,
+    /// A live lease it left alone (not forced): why, and what to do.
+    pub live: Option<RolloutError>,
+}
+
+/// Lifts a deploy freeze and removes the environment's lock: a lock whose
+/// lease has expired, a lock file that is not slipway's (naming host and
+/// file), and a live lease only when `force`. Ids are compared whole: only
+/// the lock file that names the id read here is removed.
 ///
 /// # Errors
 /// When a host cannot be read or changed.
-pub async fn unlock(cluster: &Cluster) -> Result<Vec<String>, RolloutError> {
+pub async fn unlock(
+    cluster: &Cluster,
+    environment: &str,
+    force: bool,
+) -> Result<Unlocked, RolloutError> {
     let states = cluster.read_state().await?;
-    let mut removed = Vec::new();
-    for state in &states {
-        if let Some(Ok(owner)) = &state.lock
-            && !removed.contains(&owner.deploy_id)
-        {
-            super::lock::break_lock(cluster, &owner.deploy_id).await?;
-            removed.push(owner.deploy_id.clone());
+    let mut done = Unlocked::default();
+    if let Some(freeze) = states.iter().find_map(|s| s.freeze.clone()) {
+        let results = cluster
+            .each(|host| host.run("lifting the freeze", host.layout.thaw()).map(drop))
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        done.thawed = Some(match freeze {
+            Ok(f) => f.to_string(),
+            Err(raw) => format!("frozen ({raw})"),
+        });
+    }
+    let mut decided: Vec<(String, bool)> = Vec::new();
+    for (host, state) in cluster.hosts.iter().zip(&states) {
+        let (Some(lock), Some(raw)) = (&state.lock, &state.lock_raw) else {
+            continue;
+        };
+        if let Ok(owner) = lock {
+            // Decided once per holder, on what every host says of its lease.
+            let remove = match decided.iter().find(|(id, _)| *id == owner.deploy_id) {
+                Some((_, remove)) => *remove,
+                None => {
+                    let lease = super::lock::survey_states(cluster, &states, owner);
+                    let remove = force || lease.expired();
+                    if !remove {
+                        done.live = Some(RolloutError::Locked {
+                            environment: environment.to_owned(),
+                            host: host.name().to_owned(),
+                            owner: owner.to_string(),
+                            why: format!(
+                                "{}; `slipway unlock --force {environment}` removes it anyway, and two rollouts may then run at once",
+                                lease.why_live(environment)
+                            ),
+                        });
+                    } else {
+                        done.removed.push(if lease.expired() {
+                            format!("the expired lock of {owner}")
+                        } else {
+                            format!("the lock of {owner}, whose lease was still live (--force)")
+                        });
+                    }
+                    decided.push((owner.deploy_id.clone(), remove));
+                    remove
+                }
+            };
+            if remove {
+                host.run("removing the lock", host.layout.remove_lock_if(raw))?;
+            }
+            continue;
+        }
+        // Not slipway's: removed as it was read, whatever it says.
+        let removed = host.run("removing the lock", host.layout.remove_lock_if(raw))?;
+        if removed.trim() == "removed" {
+            done.removed.push(format!(
+                "the lock file {}/.slipway/lock on {}, which was not a slipway lock (it read: {})",
+                host.layout.root(),
+                host.name(),
+                crate::notify::message::clip(raw, 200)
+            ));
         }
     }
-    Ok(removed)
+    Ok(done)
+}
+
+/// Freezes deploys to the environment: the record goes on every host.
+///
+/// # Errors
+/// The first host where it could not be written (the others keep theirs:
+/// one host is enough to refuse every rollout).
+pub async fn freeze(cluster: &Cluster, record: &super::state::Freeze) -> Result<(), RolloutError> {
+    let json = std::sync::Arc::new(serde_json::to_string(record).expect("freeze serialises"));
+    cluster
+        .each(move |host| {
+            host.run("freezing deploys", host.layout.freeze(&json))
+                .map(drop)
+        })
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

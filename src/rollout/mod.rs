@@ -246,13 +246,31 @@ pub enum RolloutError {
     Unreachable(TransportError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error(
-        "{environment} is locked by {owner} on {host}; wait for that rollout, or if it is dead run `slipway unlock {environment}`"
-    )]
+    #[error("{environment} is locked by {owner} on {host}: {why}")]
     Locked {
         environment: String,
         host: String,
         owner: String,
+        /// Why the lock is taken to be alive, and what to do.
+        why: String,
+    },
+    #[error(
+        "deploys to {environment} are {freeze} (seen on {host}); nothing was changed. Run `slipway unlock {environment}` to lift the freeze"
+    )]
+    Frozen {
+        environment: String,
+        host: String,
+        /// Who froze it, when and why.
+        freeze: String,
+    },
+    #[error(
+        "the lock file {path} on {host} is not a slipway lock (it reads: {content}), so nothing can tell whether a rollout holds {environment}; if none does, run `slipway unlock {environment}` to remove it"
+    )]
+    CorruptLock {
+        environment: String,
+        host: String,
+        path: String,
+        content: String,
     },
     #[error(
         "an interrupted rollout ({deploy_id}, phase {phase}) is recorded on {host}; run `slipway recover {environment}` to finish undoing it"
@@ -387,7 +405,7 @@ impl RolloutError {
             Self::RolledBack { left, .. } if !left.unreachable.is_empty() => 4,
             Self::RolledBack { .. } => 3,
             Self::Incomplete { .. } => 4,
-            Self::Locked { .. } => 5,
+            Self::Locked { .. } | Self::Frozen { .. } | Self::CorruptLock { .. } => 5,
             Self::Interrupted { .. } => 4,
             _ => 1,
         }

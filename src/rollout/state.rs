@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::notify::Phase;
 
 /// Who holds the environment lock.
+///
+/// `deploy_id` is the first field, so the lock file's first bytes are
+/// `{"deploy_id":"<id>"`: the host scripts read the id from there and
+/// compare it exactly (see `layout.rs`). `machine` and `pid` are for people
+/// reading `status`; whether a lock is alive is decided by its lease alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockOwner {
     pub deploy_id: String,
@@ -17,6 +22,12 @@ pub struct LockOwner {
     pub machine: String,
     pub pid: u32,
     pub since: String,
+    /// How long the lock lives without a renewal, measured by each host's
+    /// own clock from the lock file's mtime, which the holder `touch`es
+    /// while it runs. `None` for a lock written by a slipway without
+    /// leases: it is never presumed dead (only `unlock --force` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 impl std::fmt::Display for LockOwner {
@@ -25,6 +36,27 @@ impl std::fmt::Display for LockOwner {
             f,
             "{} (rollout {}, pid {} on {}, since {})",
             self.who, self.deploy_id, self.pid, self.machine, self.since
+        )
+    }
+}
+
+/// A deploy freeze (`slipway lock <env> --message`), recorded on every host
+/// as `.slipway/freeze`; every rollout is refused while it is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub who: String,
+    /// The machine `slipway lock` ran on.
+    pub machine: String,
+    pub since: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Freeze {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "frozen by {} since {}: \"{}\"",
+            self.who, self.since, self.message
         )
     }
 }
@@ -108,6 +140,13 @@ pub struct HostState {
     pub current: Option<String>,
     pub closed: bool,
     pub lock: Option<Result<LockOwner, String>>,
+    /// The lock file as read (its first 64 KiB on one line), to remove
+    /// exactly what was read and nothing written since.
+    pub lock_raw: Option<String>,
+    /// How long ago the lock was taken or last renewed, by the host's clock.
+    pub lock_age: Option<std::time::Duration>,
+    /// A deploy freeze; `Err` holds an unreadable record as it was read.
+    pub freeze: Option<Result<Freeze, String>>,
     pub journal: Option<Result<Journal, String>>,
     pub pinned: Vec<String>,
     /// A canary in progress.
@@ -140,6 +179,11 @@ impl HostState {
                 "closed" => state.closed = true,
                 "lock" => {
                     state.lock = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
+                    state.lock_raw = Some(value.to_owned());
+                }
+                "lock_age" => state.lock_age = parse_age(value),
+                "freeze" => {
+                    state.freeze = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
                 }
                 "journal" => {
                     state.journal = Some(serde_json::from_str(value).map_err(|_| value.to_owned()));
@@ -154,6 +198,15 @@ impl HostState {
         }
         state
     }
+}
+
+/// An age the host printed in milliseconds; a negative one (the file is
+/// newer than the host's clock says it is now) reads as zero.
+pub fn parse_age(millis: &str) -> Option<std::time::Duration> {
+    let millis: i64 = millis.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(
+        u64::try_from(millis).unwrap_or(0),
+    ))
 }
 
 /// Which releases to delete so that `keep` remain, never deleting the

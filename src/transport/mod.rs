@@ -214,6 +214,23 @@ pub trait Transport: Send + Sync {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError>;
 
+    /// Runs a short `script` (no stdin) so that it does not wait behind a
+    /// long command running on this host at the same time. The lock's lease
+    /// renewal runs here while a deploy hook may run for minutes. Transports
+    /// whose commands already run side by side (one process each: `local:`,
+    /// OpenSSH over its multiplexed master) just [`Transport::exec`] it.
+    ///
+    /// # Errors
+    /// As [`Transport::exec`].
+    fn exec_aside(
+        &self,
+        script: &Script,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError> {
+        self.exec(script, None, timeout, on_line)
+    }
+
     /// Runs `script` as the step `what`; a non-zero exit is an error carrying
     /// the output's tail. Returns the whole output.
     ///

@@ -39,7 +39,13 @@ pub struct Ssh {
     spec: String,
     route: Route,
     /// The session; `None` after a failure, until the next command reconnects.
+    /// A command holds it for as long as it runs (libssh2 sessions are not
+    /// shared between threads), so a second command waits behind it.
     conn: Mutex<Option<Conn>>,
+    /// A second session, opened on first need, for [`Transport::exec_aside`]:
+    /// the lock's lease renewal must not wait behind a deploy hook that holds
+    /// `conn` for minutes.
+    aside: Mutex<Option<Conn>>,
     /// Why this transport was chosen, for `slipway check`.
     why: String,
     /// Set once the host is declared lost; later commands fail at once
@@ -101,6 +107,7 @@ impl Ssh {
             spec: spec.to_owned(),
             route,
             conn: Mutex::new(Some(conn)),
+            aside: Mutex::new(None),
             why,
             lost: LostMark::default(),
         })
@@ -288,16 +295,50 @@ impl Transport for Ssh {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
         self.lost.check(&self.spec)?;
-        self.exec_once(script, stdin, timeout, on_line)
+        self.exec_on(&self.conn, script, stdin, timeout, on_line)
             .map_err(|e| self.lost.note(e))
+    }
+
+    /// On the main session when it is free, else on the second one, so a
+    /// short command never queues behind a long one on this host.
+    fn exec_aside(
+        &self,
+        script: &Script,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError> {
+        self.lost.check(&self.spec)?;
+        let free = match self.conn.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        match free {
+            Some(guard) => self.exec_locked(guard, script, None, timeout, on_line),
+            None => self.exec_on(&self.aside, script, None, timeout, on_line),
+        }
+        .map_err(|e| self.lost.note(e))
     }
 }
 
 impl Ssh {
-    /// One command on the session, reconnecting first if the last one
-    /// failed.
-    fn exec_once(
+    fn exec_on(
         &self,
+        slot: &Mutex<Option<Conn>>,
+        script: &Script,
+        stdin: Option<&mut (dyn Read + Send)>,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError> {
+        let guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        self.exec_locked(guard, script, stdin, timeout, on_line)
+    }
+
+    /// Runs `script` on the session in `guard` (opening one if there is
+    /// none).
+    fn exec_locked(
+        &self,
+        mut guard: std::sync::MutexGuard<'_, Option<Conn>>,
         script: &Script,
         stdin: Option<&mut (dyn Read + Send)>,
         timeout: Option<Duration>,
@@ -309,7 +350,6 @@ impl Ssh {
             deadline: limit.map(|t| Instant::now() + t),
             lost_after: self.route.options.lost_after(),
         };
-        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = match guard.take() {
             Some(conn) => guard.insert(conn),
             None => guard.insert(self.route.open(&self.spec)?),

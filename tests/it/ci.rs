@@ -13,7 +13,7 @@ use serde_json::json;
 use serde_yaml_ng::Value as Yaml;
 
 use crate::support::releases::ReleaseServer;
-use crate::support::run::{Run, run, slipway_for, ssh_flags};
+use crate::support::run::{Run, run, run_over_ssh, slipway_for, ssh_flags};
 use crate::support::sshd::SshCluster;
 use crate::support::standin::{Recorded, Reply, StandIn};
 use crate::support::{App, LocalHosts};
@@ -793,6 +793,43 @@ fn a_github_api_that_is_down_or_failing_never_fails_the_deploy() {
     assert!(warning.contains("500"), "{warning}");
     assert!(!stdout.contains("::error"), "{stdout}");
     assert_no_secrets("the output", &run.text(), &[TOKEN, DATABASE_URL]);
+}
+
+#[test]
+fn a_frozen_environment_refuses_the_ci_deploy_with_the_freeze_message() {
+    // `slipway lock --message` must stop CI too, at once, saying why and how
+    // to lift it; the runner's job fails with exit 5, nothing is deployed.
+    let story = Story::new();
+    let frozen = run_over_ssh(
+        story.app.path(),
+        &story.cluster,
+        &[
+            "lock",
+            "production",
+            "--message",
+            "Incident 4711: hands off",
+        ],
+    );
+    frozen.success().contains("frozen by tester");
+    let api = github_api();
+    let (_, event) = story.push_production();
+    let step = story.ci("push", &event, &api.url());
+    step.run
+        .failure(5)
+        .contains("Incident 4711: hands off")
+        .contains("slipway unlock production");
+    assert!(
+        (0..3).all(|i| story.hosts.current(i).is_none()),
+        "nothing deployed"
+    );
+
+    run_over_ssh(story.app.path(), &story.cluster, &["unlock", "production"])
+        .success()
+        .contains("lifted the freeze");
+    let step = story.ci("push", &event, &github_api().url());
+    step.run.success();
+    let release = story.hosts.current(0).expect("deployed once unfrozen");
+    story.assert_all_on(&release, "v1\n");
 }
 
 // ---------------------------------------------------------------------------

@@ -67,8 +67,8 @@ fn a_disk_that_fills_during_unpack_is_left_as_it_was_and_the_next_deploy_with_ro
     assert_eq!(index, "v3\n");
 }
 
-/// The runs below give a silent host `--connect-timeout 2s` plus one
-/// `--keepalive 1s` interval.
+// The runs below give a silent host `--connect-timeout 2s` plus one
+// `--keepalive 1s` interval.
 
 fn a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly(ssh: &'static str) {
     // Before, the frozen host cost three keepalives to notice, then every

@@ -461,7 +461,12 @@ fn a_second_rollout_waits_for_the_lock_or_says_who_holds_it() {
         !hosts.root(0).join(".slipway/lock").exists(),
         "the lock on host 1 was given back"
     );
+    // A lock without a lease (an older slipway's) cannot be told dead:
+    // only `--force` removes it.
     app.slipway(&["unlock", "production"])
+        .failure(5)
+        .contains("without leases");
+    app.slipway(&["unlock", "production", "--force"])
         .success()
         .contains("d1");
     app.slipway(&["deploy", "production"]).success();

@@ -12,6 +12,7 @@ mod deb;
 mod help;
 mod hooks;
 mod local;
+mod lock;
 mod notify;
 mod operator;
 mod operator_history;
