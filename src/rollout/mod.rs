@@ -13,6 +13,7 @@ pub mod health;
 pub mod layout;
 pub mod lock;
 pub mod manage;
+pub mod remote;
 pub mod rolling;
 pub mod state;
 pub mod steps;

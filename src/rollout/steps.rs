@@ -19,7 +19,7 @@ use super::{Cluster, Host, RolloutError};
 use crate::config::Health;
 use crate::notify::{Event, Phase, Sink};
 use crate::plan::Plan;
-use crate::transport::{Script, TransportError, Unquotable};
+use crate::transport::{Script, Unquotable};
 
 /// Per-host values, by host name (as written in the config).
 pub type PerHost<T> = Arc<BTreeMap<String, T>>;
@@ -266,11 +266,26 @@ pub async fn background(
     }
     let env = Arc::new(hook_env(&plan, &r.deploy_id));
     let which = if start { Phase::Start } else { Phase::Stop };
+    let id = r.deploy_id.clone();
     phase(cluster, r, previous, which, move |host| {
         let mut script = Script::new();
-        for cmd in [&plan.workers, &plan.cron].into_iter().flatten() {
-            let command = if start { &cmd.start } else { &cmd.stop };
-            script = script.then(&host.layout.in_current(&env, command)?);
+        let jobs = [
+            (&plan.workers, ["workers-stop", "workers-start"]),
+            (&plan.cron, ["cron-stop", "cron-start"]),
+        ];
+        for (cmd, [stop, begin]) in jobs {
+            let Some(cmd) = cmd else { continue };
+            let (command, what) = if start {
+                (&cmd.start, begin)
+            } else {
+                (&cmd.stop, stop)
+            };
+            let job = super::layout::Job {
+                id: &id,
+                what,
+                timeout: None,
+            };
+            script = script.then(&host.layout.in_current(&job, &env, command)?);
         }
         Ok(script)
     })
@@ -322,40 +337,28 @@ pub async fn run_hook(
     let (sink, command, timeout) = (Arc::clone(&r.sink), hook.command.clone(), hook.timeout);
     let release = r.plan.release_id.clone();
     let started = Instant::now();
+    let deploy_id = r.deploy_id.clone();
     let result = tokio::task::spawn_blocking(move || {
         let dir = host.layout.release(&release);
-        let script = host
-            .layout
-            .user_command(&dir, &env, &command)
-            .map_err(|e| host.transport.unquotable(e))?;
         let name = host.name().to_owned();
-        let what = format!("the deploy hook `{command}`");
-        let exit = host
-            .transport
-            .exec(&script, None, Some(timeout), &mut |line| {
-                sink.emit(&Event::Output {
-                    host: name.clone(),
-                    line: line.to_owned(),
-                });
-            })
-            .map_err(|e| match e {
-                TransportError::Timeout { host, after, .. } => TransportError::Timeout {
-                    host,
-                    what: what.clone(),
-                    after,
-                },
-                other => other,
-            })?;
-        if exit.success() {
-            Ok(())
-        } else {
-            Err(TransportError::Failed {
-                host: name,
-                what,
-                code: exit.code,
-                tail: exit.tail,
-            })
-        }
+        let label = format!("the deploy hook `{command}`");
+        let cmd = super::remote::Command {
+            label: &label,
+            job: super::layout::Job {
+                id: &deploy_id,
+                what: "hook",
+                timeout: Some(timeout),
+            },
+            dir: &dir,
+            env: &env,
+            command: &command,
+        };
+        super::remote::run_supervised(&host, &cmd, &mut |line| {
+            sink.emit(&Event::Output {
+                host: name.clone(),
+                line: line.to_owned(),
+            });
+        })
     })
     .await
     .unwrap_or_else(|_| Err(super::Panicked.into()));
@@ -388,13 +391,14 @@ pub async fn health_check(
     r: &Rollout,
     health: &Health,
 ) -> Result<(), StepFailure> {
-    let (health, env, release) = (
+    let (health, env, release, id) = (
         health.clone(),
         Arc::new(hook_env(&r.plan, &r.deploy_id)),
         r.plan.release_id.clone(),
+        r.deploy_id.clone(),
     );
     let results = each_timed(cluster, &r.sink, Phase::Health, move |host| {
-        super::health::check(host, &health, &host.layout.release(&release), &env)
+        super::health::check(host, &health, &id, &host.layout.release(&release), &env)
     })
     .await;
     first_failure(Phase::Health, &results)
