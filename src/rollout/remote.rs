@@ -160,8 +160,7 @@ impl fmt::Display for Ended {
 /// One command a stop script dealt with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stopped {
-    /// `<deploy id>.<what>`, as its pid file was named.
-    pub job: String,
+    pub job: JobName,
     /// Its process group id (0 when the pid file was unreadable).
     pub pgid: u32,
     pub how: Ended,
@@ -177,7 +176,7 @@ impl Stopped {
                 if fields.next() != Some("stopped") {
                     return None;
                 }
-                let job = fields.next()?.to_owned();
+                let job = JobName::parse(fields.next()?);
                 let pgid = fields.next()?.parse().ok()?;
                 let how = match fields.next()? {
                     "gone" => Ended::Already,
@@ -202,12 +201,37 @@ impl fmt::Display for Stopped {
     }
 }
 
+/// Which command a pid file stood for: `<id>.<what>.pid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobName {
+    /// The deploy id (the release id for a package install).
+    pub id: String,
+    /// `hook`, `health`, `workers-start`, `dpkg`…
+    pub what: String,
+}
+
+impl JobName {
+    /// Splits `<id>.<what>`; ids never hold a dot.
+    fn parse(name: &str) -> Self {
+        let (id, what) = name.split_once('.').unwrap_or((name, "command"));
+        Self {
+            id: id.to_owned(),
+            what: what.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {}", self.what, self.id)
+    }
+}
+
 /// A command still running on a host, as [`super::layout::Layout::running`]
 /// (and `read_state`) report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
-    /// `<deploy id>.<what>`, as its pid file is named.
-    pub job: String,
+    pub job: JobName,
     pub pgid: u32,
 }
 
@@ -220,7 +244,7 @@ impl Running {
                 let rest = line.strip_prefix("running\t")?;
                 let (job, pgid) = rest.split_once('\t')?;
                 Some(Self {
-                    job: job.to_owned(),
+                    job: JobName::parse(job),
                     pgid: pgid.trim().parse().ok()?,
                 })
             })
@@ -246,4 +270,37 @@ pub fn running(host: &Host) -> Result<Vec<Running>, TransportError> {
     Ok(Running::parse(
         &host.transport.run("listing running commands", &script)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_and_running_lines_read_back() {
+        let out = "noise\nstopped\td18f.hook\t4242\tkill\nstopped\tr1-abc.dpkg\t0\tgone\n";
+        let stopped = Stopped::parse(out);
+        assert_eq!(stopped.len(), 2);
+        assert_eq!(stopped[0].job.what, "hook");
+        assert_eq!(stopped[0].how, Ended::Kill);
+        assert_eq!(
+            stopped[1].to_string(),
+            "dpkg of r1-abc (process group 0): had already ended"
+        );
+        let running = Running::parse("root\t1\nrunning\td18f.workers-start\t77\n");
+        assert_eq!(
+            running,
+            [Running {
+                job: JobName {
+                    id: "d18f".into(),
+                    what: "workers-start".into()
+                },
+                pgid: 77
+            }]
+        );
+        assert_eq!(
+            running[0].to_string(),
+            "workers-start of d18f (process group 77)"
+        );
+    }
 }

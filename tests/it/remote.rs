@@ -285,8 +285,12 @@ fn stop_orphans_stops_a_hook_left_running_by_a_dead_runner(ssh: &'static str) {
     let host = story.host(0);
     let running = remote::running(&host).expect("lists");
     assert_eq!(running.len(), 1, "{running:?}");
-    assert!(running[0].job.ends_with(".hook"), "{running:?}");
+    assert_eq!(running[0].job.what, "hook", "{running:?}");
     assert!(!processes(&sleep).is_empty());
+    // `status` shows it too.
+    story
+        .slipway(&["status", "production"])
+        .contains(&format!("{} still running", running[0]));
 
     let stopped = remote::stop_orphans(&host).expect("stops");
     assert_eq!(stopped.len(), 1, "{stopped:?}");
