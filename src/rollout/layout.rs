@@ -356,7 +356,9 @@ impl Layout {
     }
 
     /// Runs a configured command (deploy hook, workers, health) in `dir`,
-    /// supervised: see [`Layout::supervised`].
+    /// supervised: in its own process group, recorded in
+    /// [`Layout::pid_file`] while it runs, bounded on the host by GNU
+    /// `timeout` [`GRACE`] after `job.timeout`; exits with its status.
     pub fn user_command(
         &self,
         job: &Job<'_>,
@@ -448,8 +450,9 @@ impl Layout {
 
     /// Stops `job` if it still runs: TERM to its process group, KILL
     /// [`GRACE`] later if anything is left, waiting until the group is gone
-    /// (or KILL could not end it). Prints one [`Stopped`] line; prints
-    /// nothing when the job's pid file is gone (it ended by itself).
+    /// (or KILL could not end it). Prints one `stopped` line (see
+    /// [`Layout::stop_orphans`]); nothing when the job's pid file is gone
+    /// (it ended by itself).
     pub fn stop(&self, job: &Job<'_>) -> Result<Script, Unquotable> {
         Script::new()
             .line("g={}", [&tenths(GRACE)])?
@@ -462,7 +465,10 @@ impl Layout {
 
     /// Stops every command recorded under `.slipway/run` (left running by
     /// a runner that died), as [`Layout::stop`] does one, printing one
-    /// [`Stopped`] line per pid file, and removes the pid files.
+    /// `stopped<TAB><id>.<what><TAB><pgid><TAB>gone|term|kill|alive` line
+    /// per pid file (see `remote::Stopped`), and removes the pid files.
+    /// Only for a rollout known to be dead: it stops a live one's commands
+    /// just the same.
     pub fn stop_orphans(&self) -> Result<Script, Unquotable> {
         Ok(Script::new()
             .line("if [ ! -d {} ]; then exit 0; fi", [&self.run_dir()])?
@@ -473,7 +479,8 @@ impl Layout {
     }
 
     /// Lists the commands still running on the host, one
-    /// `running<TAB><id>.<what><TAB><pgid>` line each (see [`Running`]).
+    /// `running<TAB><id>.<what><TAB><pgid>` line each (see
+    /// `remote::Running`).
     /// [`Layout::read_state`] includes these lines.
     pub fn running(&self) -> Result<Script, Unquotable> {
         Script::new()
