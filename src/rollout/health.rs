@@ -37,7 +37,7 @@ pub fn check(
         if attempt > 0 {
             std::thread::sleep(BETWEEN_ATTEMPTS);
         }
-        match attempt_once(host, health, deploy_id, dir, env) {
+        match attempt_once(host, health, deploy_id, attempt, dir, env) {
             Ok(()) => return Ok(()),
             Err(why) => last = why,
         }
@@ -68,15 +68,18 @@ fn attempt_once(
     host: &Host,
     health: &Health,
     deploy_id: &str,
+    attempt: u32,
     dir: &str,
     env: &[(String, String)],
 ) -> Result<(), Attempt> {
     if let Some(command) = &health.command {
+        // Each attempt its own pid file (and stop marker).
+        let what = format!("health-{}", attempt.saturating_add(1));
         let cmd = Command {
             label: "health command",
             job: Job {
                 id: deploy_id,
-                what: "health",
+                what: &what,
                 timeout: Some(health.timeout),
             },
             dir,

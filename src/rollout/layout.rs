@@ -61,8 +61,10 @@ pub struct Job<'a> {
     /// The deploy id; a package install, which staging runs, uses the
     /// release id.
     pub id: &'a str,
-    /// What the command is for: `hook`, `health`, `workers-start`, `dpkg`…
-    pub what: &'static str,
+    /// What the command is for: `hook`, `health-1` (the attempt),
+    /// `workers-start`, `dpkg`… Unique within the deploy for a command with
+    /// a deadline, since a stop marker may outlive it.
+    pub what: &'a str,
     /// slipway's deadline for it (the host's lies [`GRACE`] later); `None`
     /// when it has none (workers, cron, dpkg).
     pub timeout: Option<Duration>,
@@ -436,12 +438,12 @@ impl Layout {
         // process group, so it is never a group leader and `setsid` makes
         // the new session in place: `$!` is the new group's id.
         let start = match dir {
-            Some(dir) => format!("(cd {} && exec {}) &\np=$!\n", quote(dir)?, join(&words)?),
-            None => format!("(exec {}) &\np=$!\n", join(&words)?),
+            Some(dir) => format!("  (cd {} && exec {}) &\n", quote(dir)?, join(&words)?),
+            None => format!("  (exec {}) &\n", join(&words)?),
         };
         let vars = Script::new().line("r={}; f={}", [&self.run_dir(), &self.pid_file(job)])?;
         Ok(format!(
-            "{}mkdir -p \"$r\"\n{start}{RECORD}\n",
+            "{}{BEFORE}\n{start}{RECORD}\n",
             vars.as_str()
                 .strip_prefix("set -eu\n")
                 .unwrap_or(vars.as_str())
@@ -454,13 +456,11 @@ impl Layout {
     /// [`Layout::stop_orphans`]); nothing when the job's pid file is gone
     /// (it ended by itself).
     pub fn stop(&self, job: &Job<'_>) -> Result<Script, Unquotable> {
-        Script::new()
+        Ok(Script::new()
             .line("g={}", [&tenths(GRACE)])?
             .raw(GROUPS)
-            .line(
-                "if [ -f {} ]; then stop_group {}; fi",
-                [&self.pid_file(job), &self.pid_file(job)],
-            )
+            .line("r={}; f={}", [&self.run_dir(), &self.pid_file(job)])?
+            .raw(STOP_ONE))
     }
 
     /// Stops every command recorded under `.slipway/run` (left running by
@@ -765,20 +765,36 @@ if [ -f .slipway/canary.json ]; then printf 'canary\t%s\n' "$(tr -d '\n' < .slip
 if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
 if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#;
 
-/// Records the process group just started (`$p`) in the pid file `$f`,
-/// through a fresh mktemp file in `$r` renamed over it, waits for the
-/// command, leaves its exit status in `$s` and removes the pid file. The
-/// leader's start time (field 22 of `/proc/<pid>/stat`, read after the
-/// command name, which may hold spaces) tells it from a later process that
-/// gets the same pid.
-const RECORD: &str = r#"t=$(mktemp "$r/.pid.XXXXXX")
-printf '%s %s\n' "$p" "$(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f20)" > "$t"
-mv -f -T "$t" "$f"
-s=0; wait "$p" || s=$?
-rm -f "$f""#;
+/// Before a supervised command starts: a stop marker (`$f.stop`, left by
+/// [`Layout::stop`] when slipway gave up on the command before its pid
+/// file existed) means it must not run at all.
+const BEFORE: &str = r#"mkdir -p "$r"
+if [ -e "$f.stop" ]; then rm -f "$f.stop"; s=143; else"#;
+
+/// Records the process group just started (`$!`) in the pid file `$f`,
+/// through a fresh mktemp file in `$r` renamed over it; stops it at once if
+/// a stop marker appeared meanwhile; waits for the command, leaves its exit
+/// status in `$s` and removes the pid file and marker. The leader's start
+/// time (field 22 of `/proc/<pid>/stat`, read after the command name, which
+/// may hold spaces) tells it from a later process that gets the same pid.
+///
+/// The marker closes the race with a stop: the stop script creates the
+/// marker, then looks for the pid file; this script renames the pid file
+/// into place, then looks for the marker. One of the two sees the other's
+/// file. Before `setsid` has run, the new process is not yet a group, so
+/// it is signalled by pid.
+const RECORD: &str = r#"  p=$!
+  t=$(mktemp "$r/.pid.XXXXXX")
+  printf '%s %s\n' "$p" "$(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f20)" > "$t"
+  mv -f -T "$t" "$f"
+  if [ -e "$f.stop" ]; then kill -s TERM -- "-$p" 2>/dev/null || kill -s TERM "$p" 2>/dev/null || :; fi
+  s=0; wait "$p" || s=$?
+  rm -f "$f" "$f.stop"
+fi"#;
 
 /// Shell functions over recorded process groups; `$g` is the grace period
-/// in tenths of a second. A group "lives" while a process that is not a
+/// in tenths of a second, measured on the clock (`/proc/uptime`, in
+/// hundredths), not counted in polls, which a loaded host slows down. A group "lives" while a process that is not a
 /// zombie has it as its group (field 5 of `/proc/<pid>/stat`): a zombie
 /// nobody reaps (an init that does not) is not running. A group is "ours"
 /// when its leader is gone (the kernel hands out no pid that is a live
@@ -786,7 +802,8 @@ rm -f "$f""#;
 /// signalled: `kill -- -0` and `-1` mean this shell's group and everyone.
 const GROUPS: &str = r#"in_group() { sed -n 's/.*) [^Z] [^ ]* \([0-9]*\) .*/\1/p' /proc/[0-9]*/stat 2>/dev/null | grep -qx "$1"; }
 ours() { if [ -r "/proc/$1/stat" ]; then [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f20)" = "$2" ]; fi; }
-gone_within() { i=0; while in_group "$1"; do if [ "$i" -ge "$2" ]; then return 1; fi; sleep 0.1; i=$((i + 1)); done; }
+now_cs() { read -r u _ < /proc/uptime; echo $(( ${u%.*} * 100 + 1${u#*.} - 100 )); }
+gone_within() { e=$(( $(now_cs) + $2 * 10 )); while in_group "$1"; do if [ "$(now_cs)" -ge "$e" ]; then return 1; fi; sleep 0.1; done; }
 recorded() { pg=; st=; read -r pg st < "$1" || :; case "$pg" in ''|*[!0-9]*) pg=0 ;; esac; [ "$pg" -gt 1 ] && in_group "$pg" && ours "$pg" "$st"; }
 stop_group() {
   how=gone
@@ -803,10 +820,19 @@ stop_group() {
   printf 'stopped\t%s\t%s\t%s\n' "$(basename "$1" .pid)" "$pg" "$how"
 }"#;
 
+/// Stops the job whose pid file is `$f`: first leaves the stop marker, so
+/// a command that has not recorded itself yet never runs on (see
+/// [`RECORD`]); the marker goes once a live group was found and stopped,
+/// since its wrapper has looked for it by then or never will.
+const STOP_ONE: &str = r#"mkdir -p "$r"
+touch "$f.stop"
+if [ -f "$f" ]; then stop_group "$f"; if [ "$how" != gone ]; then rm -f "$f.stop"; fi; fi"#;
+
 /// Stops every recorded group (run in `.slipway/run`) and removes the
-/// temp files of records a dead wrapper never renamed.
+/// temp files of records a dead wrapper never renamed and stale stop
+/// markers.
 const STOP_ALL: &str = r#"for f in *.pid; do if [ -f "$f" ]; then stop_group "$f"; fi; done
-rm -f .pid.*"#;
+rm -f .pid.* ./*.stop"#;
 
 /// Lists the recorded groups that still run (run in the deploy root).
 const RUNNING: &str = r#"if [ -d .slipway/run ]; then for f in .slipway/run/*.pid; do if [ -f "$f" ] && recorded "$f"; then printf 'running\t%s\t%s\n' "$(basename "$f" .pid)" "$pg"; fi; done; fi"#;
