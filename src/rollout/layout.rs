@@ -13,6 +13,8 @@
 //! .slipway/run/<id>.<what>.pid
 //!                         the process group of a configured command while
 //!                         it runs ("<pgid> <leader start time>")
+//! .slipway/run/<id>.<what>.pid.stop
+//!                         slipway gave up on that command: it must not run
 //! ```
 //!
 //! Owns every script run on a host. Invariants: `current` only ever changes
@@ -27,9 +29,11 @@
 //! has a deadline, under GNU `timeout` on the host too: so slipway can stop
 //! the whole group when its deadline passes (`remote.rs`), a command whose
 //! runner died still ends at its deadline, and `recover` can stop what a
-//! dead runner left ([`Layout::stop_orphans`]). A pid file is trusted only
-//! while its group lives and its leader is the process recorded (its start
-//! time), so a pid reused by an unrelated process is never signalled.
+//! dead runner left ([`Layout::stop_orphans`]); a stop leaves a marker, so
+//! a command whose session reached the host late never runs on. A pid file
+//! is trusted only while its group lives and its leader is the process
+//! recorded (its start time), so a pid reused by an unrelated process is
+//! never signalled.
 //!
 //! With `artifact = "deb"` ([`Dpkg`]), each release is a Debian package
 //! named after it (`<prefix>-<id>`, see `artifact/deb.rs`) whose files dpkg
@@ -1270,6 +1274,28 @@ mod supervised {
         assert!(!group_alive(b_group), "the whole group is gone");
         assert!(!b_file.exists());
         let _ = (a.wait_with_output(), b.wait_with_output());
+    }
+
+    #[test]
+    fn a_command_stopped_before_it_recorded_itself_never_runs() {
+        // slipway's deadline passed before the command's session started
+        // on the host: the stop finds no pid file, and leaves a marker the
+        // late wrapper obeys.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let job = job("hook", Some(Duration::from_secs(30)));
+        let (code, out) = sh(&layout.stop(&job).unwrap());
+        assert_eq!((code, out.as_str()), (0, ""));
+        let script = layout
+            .user_command(&job, root.path().to_str().unwrap(), &[], "touch ran")
+            .unwrap();
+        let (code, out) = sh(&script);
+        assert_eq!(code, 143, "{out}");
+        assert!(!root.path().join("ran").exists());
+        let left: Vec<_> = std::fs::read_dir(root.path().join(".slipway/run"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
