@@ -296,6 +296,32 @@ impl Repo {
         Ok(subjects)
     }
 
+    /// Whether `ancestor` is an older commit of `of`'s history (not `of`
+    /// itself): deploying it would take the environment backwards.
+    ///
+    /// # Errors
+    /// When either cannot be found or the history cannot be walked.
+    pub fn is_ancestor(&self, ancestor: &str, of: &str) -> Result<bool, SourceError> {
+        let repo = self.repo.to_thread_local();
+        let old = self.find_commit(&repo, ancestor)?.id;
+        let tip = self.find_commit(&repo, of)?.id;
+        if old == tip {
+            return Ok(false);
+        }
+        let walk_error = |source| SourceError::Walk {
+            to: of.to_owned(),
+            path: self.path.clone(),
+            source,
+        };
+        let walk = repo.rev_walk([tip]).all().map_err(walk_error)?;
+        for info in walk {
+            if info.map_err(walk_error)?.id == old {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn find_commit<'r>(
         &self,
         repo: &'r gix::Repository,

@@ -18,7 +18,7 @@ use super::exit;
 use crate::config::{Config, ConfigError};
 use crate::notify::github::{Deployments, NewDeployment, NewStatus, description};
 use crate::notify::{Event, Fanout, Recorder, Sink};
-use crate::rollout::gated::Report;
+use crate::rollout::steps::Report;
 use crate::trigger::github::{EventTrigger, from_event};
 
 #[derive(Debug, Args)]
@@ -181,9 +181,6 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
     }
     match result {
         Ok(Some(report)) => {
-            for warning in &report.warnings {
-                ctx.out.warn(warning);
-            }
             ctx.out.result(&format!("deployed {}", report.release));
             Ok(exit::OK)
         }

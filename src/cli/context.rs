@@ -25,6 +25,8 @@ pub struct Context {
     /// (a branch reaches only its namesake environment) and pushed build
     /// steps must be sandboxed.
     pub on_git_server: bool,
+    /// Raised by SIGINT/SIGTERM (see `mod.rs`); rollouts stop between steps.
+    pub interrupt: crate::rollout::Interrupt,
 }
 
 /// An `--identity` file that is not there.
@@ -77,9 +79,10 @@ impl Context {
                 command_timeout: cli.command_timeout,
                 ..ConnectOptions::default()
             },
-            out: Arc::new(Console::new(cli.quiet)),
+            out: Arc::new(Console::new(cli.quiet, cli.verbose)),
             pins,
             on_git_server,
+            interrupt: crate::rollout::Interrupt::default(),
         })
     }
 
@@ -101,6 +104,7 @@ impl Context {
             out: Arc::clone(&self.out),
             pins: self.pins.clone(),
             on_git_server: self.on_git_server,
+            interrupt: self.interrupt.clone(),
         }
     }
 

@@ -14,10 +14,10 @@ use crate::config::ArtifactFormat;
 use crate::notify::Sink;
 use crate::pipeline::{self, Target};
 use crate::plan::{self, Plan};
-use crate::rollout::gated::{self, Rollout, Secrets, Upload};
 use crate::rollout::state::Action;
 use crate::rollout::state::CanaryState;
-use crate::rollout::{RolloutError, canary, manage};
+use crate::rollout::steps::{Report, Rollout, Secrets, Upload};
+use crate::rollout::{Cluster, Program, RolloutError, canary, executor, manage};
 use crate::source::Commit;
 
 #[derive(Debug, Args)]
@@ -100,13 +100,44 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
     }
     if !args.force
         && !args.dry_run
-        && let Some(reason) = already_there(ctx, &loaded, &args.environment).await
+        && let Some(states) = live_states(ctx, &loaded, &args.environment).await
     {
-        ctx.out
-            .result(&format!("{reason} (--force deploys it again)"));
-        return Ok(exit::OK);
+        if let Some(reason) = already_there_in(&loaded, &args.environment, &states) {
+            ctx.out
+                .result(&format!("{reason} (--force deploys it again)"));
+            return Ok(exit::OK);
+        }
+        refuse_going_backwards(&loaded, &args.environment, &states)?;
     }
     deploy_loaded(ctx, &loaded, &args).await
+}
+
+/// A commit older than the live one (an ancestor of it) would silently
+/// roll the environment back: a stale local branch, a wrong `--ref`.
+/// Refused unless `--force`; `slipway rollback` is the way back.
+fn refuse_going_backwards(
+    loaded: &Loaded,
+    environment: &str,
+    states: &[crate::rollout::HostState],
+) -> anyhow::Result<()> {
+    let Some(live) = states.iter().find_map(|s| s.current.clone()) else {
+        return Ok(());
+    };
+    let Some(live_commit) = live.rsplit('-').next() else {
+        return Ok(());
+    };
+    if loaded
+        .repo
+        .is_ancestor(&loaded.commit.id, live_commit)
+        .unwrap_or(false)
+    {
+        anyhow::bail!(
+            "{} ({}) is older than the live release {live} on {environment}: deploying it would roll {environment} back; to go back run `slipway rollback {environment} --to <release>`, or pass --force if this is really what you want",
+            loaded.commit.short,
+            loaded.commit.subject
+        );
+    }
+    Ok(())
 }
 
 /// Why there is nothing to deploy: the commit's release is already live on
@@ -120,10 +151,28 @@ pub(super) async fn already_there(
     loaded: &Loaded,
     environment: &str,
 ) -> Option<String> {
+    let states = live_states(ctx, loaded, environment).await?;
+    already_there_in(loaded, environment, &states)
+}
+
+/// Every host's state, or `None` when they cannot all be read (the deploy
+/// then reports that properly).
+async fn live_states(
+    ctx: &Context,
+    loaded: &Loaded,
+    environment: &str,
+) -> Option<Vec<crate::rollout::HostState>> {
     let env = loaded.config.environment(environment).ok()?;
-    let release = crate::plan::release_id(&loaded.commit);
     let cluster = ctx.connect(env).await.ok()?;
-    let states = cluster.read_state().await.ok()?;
+    cluster.read_state().await.ok()
+}
+
+fn already_there_in(
+    loaded: &Loaded,
+    environment: &str,
+    states: &[crate::rollout::HostState],
+) -> Option<String> {
+    let release = crate::plan::release_id(&loaded.commit);
     // Live everywhere, with nothing interrupted or running: an interrupted
     // rollout must still block (and be recovered), never be skipped.
     if !states.is_empty()
@@ -169,7 +218,7 @@ pub async fn execute(
     args: &DeployArgs,
     sink: Arc<dyn Sink>,
     stage: &dyn Fn(&str),
-) -> anyhow::Result<Option<gated::Report>> {
+) -> anyhow::Result<Option<Report>> {
     let env = loaded.config.environment(&args.environment)?;
     let mut plan = plan::plan(
         &loaded.config,
@@ -182,13 +231,20 @@ pub async fn execute(
     if let Some(wait) = args.wait {
         plan.lock_wait = wait;
     }
+    let program = crate::rollout::compile(&plan, Action::Deploy);
     if args.dry_run {
-        ctx.out.result(&plan.render());
+        let preview = super::preview::preview(ctx, loaded, env, &plan, &program).await;
+        ctx.out.result(preview.text.trim_end());
+        anyhow::ensure!(
+            preview.problems.is_empty(),
+            "the dry run found {} problem(s) the real deploy would hit (listed above)",
+            preview.problems.len()
+        );
         return Ok(None);
     }
     let secrets = resolve_secrets(&plan)?;
     let deploy_id = deploy_id();
-    let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id)?;
+    let notifiers = super::notify::start(&loaded.config, &plan, &deploy_id, Action::Deploy)?;
     let sink: Arc<dyn Sink> = match &notifiers {
         Some(n) => Arc::new(crate::notify::Fanout(vec![
             sink,
@@ -244,18 +300,53 @@ pub async fn execute(
         secrets,
         deploy_id,
         sink,
+        interrupt: ctx.interrupt.clone(),
     };
-    let result = gated::deploy(&cluster, &rollout).await;
+    let result = executor::run(&cluster, &rollout, &program).await;
     // The notifiers can only finish once the rollout's sink is gone.
     drop(rollout);
     super::notify::finish(ctx, notifiers).await;
     Ok(Some(result?))
 }
 
-fn finish(ctx: &Context, report: &gated::Report) -> u8 {
-    for warning in &report.warnings {
-        ctx.out.warn(warning);
+/// What `--dry-run` prints: the commit and release, then the program the
+/// executor would walk, step by step.
+pub(super) fn dry_run(plan: &Plan, program: &Program) -> String {
+    format!(
+        "commit  {} {} ({})\nrelease {}\npath    {}\n{}",
+        plan.commit.short,
+        plan.commit.subject,
+        plan.branch,
+        plan.release_id,
+        plan.deploy_to,
+        program.render()
+    )
+}
+
+/// Runs a program that needs no build (rollback, revert, promote,
+/// recover), telling the config's notifiers about it like a deploy.
+pub(super) async fn run_program(
+    ctx: &Context,
+    config: &crate::config::Config,
+    cluster: &Cluster,
+    mut rollout: Rollout,
+    program: &Program,
+) -> anyhow::Result<Report> {
+    let notifiers =
+        super::notify::start(config, &rollout.plan, &rollout.deploy_id, rollout.action)?;
+    if let Some(n) = &notifiers {
+        rollout.sink = Arc::new(crate::notify::Fanout(vec![
+            Arc::clone(&rollout.sink),
+            Arc::clone(n) as Arc<dyn Sink>,
+        ]));
     }
+    let result = executor::run(cluster, &rollout, program).await;
+    drop(rollout);
+    super::notify::finish(ctx, notifiers).await;
+    Ok(result?)
+}
+
+fn finish(ctx: &Context, report: &Report) -> u8 {
     ctx.out.result(&format!("deployed {}", report.release));
     exit::OK
 }
@@ -372,12 +463,14 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
             &loaded,
             &args.environment,
             &in_progress,
-            Action::Rollback,
+            Action::Revert,
         )?;
-        let report = canary::revert(&cluster, &rollout, &in_progress).await?;
+        let program = canary::revert_program(&rollout.plan, &in_progress);
+        let report = run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
         ctx.out.result(&format!(
             "canary of {} reverted; hosts back on {}",
-            in_progress.release, report.release
+            in_progress.release,
+            report.previous.as_deref().unwrap_or("no release")
         ));
         return Ok(exit::OK);
     }
@@ -422,6 +515,7 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         &deployer(),
     );
     plan.release_id = release;
+    let program = crate::rollout::compile(&plan, Action::Rollback);
     let rollout = Rollout {
         plan: Arc::new(plan),
         action: Action::Rollback,
@@ -429,8 +523,9 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
         secrets: Secrets::default(),
         deploy_id: deploy_id(),
         sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        interrupt: ctx.interrupt.clone(),
     };
-    let report = gated::deploy(&cluster, &rollout).await?;
+    let report = run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
     ctx.out
         .result(&format!("rolled back to {}", report.release));
     Ok(exit::OK)
@@ -474,6 +569,7 @@ fn canary_rollout(
         secrets: Secrets::default(),
         deploy_id: deploy_id(),
         sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        interrupt: ctx.interrupt.clone(),
     })
 }
 
@@ -490,10 +586,8 @@ pub async fn promote(ctx: &Context, args: &super::inspect::EnvArgs) -> anyhow::R
         &in_progress,
         Action::Promote,
     )?;
-    let report = canary::promote(&cluster, &rollout, &in_progress).await?;
-    for warning in &report.warnings {
-        ctx.out.warn(warning);
-    }
+    let program = canary::promote_program(&rollout.plan, &in_progress);
+    let report = run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
     ctx.out
         .result(&format!("promoted {} to every host", report.release));
     Ok(exit::OK)

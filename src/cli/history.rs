@@ -111,6 +111,7 @@ fn history_line(m: &MergedRollout) -> String {
         Action::Recover => "recover",
         Action::Canary => "canary",
         Action::Promote => "promote",
+        Action::Revert => "revert",
     };
     let outcome = match m.outcome.as_str() {
         "success" => "ok",

@@ -4,10 +4,13 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::context::{Context, deployer};
+use super::context::{Context, deploy_id, deployer};
 use super::exit;
 use crate::notify::Sink;
 use crate::rollout::manage;
+use crate::rollout::state::Action;
+use crate::rollout::steps::{Rollout, Secrets};
+use crate::source::Commit;
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
@@ -217,12 +220,27 @@ fn check_one(
         Ok(o) => o,
         Err(e) => return (false, format!("  {spec}  FAILED: {e}")),
     };
-    let mut problems = Vec::new();
-    let mut facts = vec![if spec.starts_with("local:") {
+    let first = if spec.starts_with("local:") {
         transport.describe()
     } else {
         format!("host key verified, {}", transport.describe())
-    }];
+    };
+    let (problems, facts) = judge(layout.root(), &output, first);
+    if problems.is_empty() {
+        (
+            true,
+            format!("  {spec}  ok: {}, tools ok", facts.join(", ")),
+        )
+    } else {
+        (false, format!("  {spec}  FAILED: {}", problems.join("; ")))
+    }
+}
+
+/// Reads `Layout::check` output: what would stop a deploy on this host
+/// (problems), and what is fine (facts, after `first`).
+pub(super) fn judge(root: &str, output: &str, first: String) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut facts = vec![first];
     // The script prints `missing` before `writable`, so the writable line
     // can say which directory it was judged on.
     let mut missing: Option<String> = None;
@@ -234,16 +252,16 @@ fn check_one(
             ["writable", "yes"] => facts.push(match &missing {
                 Some(parent) => format!(
                     "{} does not exist yet (the first deploy creates it; {parent} writable)",
-                    layout.root()
+                    root
                 ),
-                None => format!("{} writable", layout.root()),
+                None => format!("{} writable", root),
             }),
             ["writable", _] => problems.push(match &missing {
                 Some(parent) => format!(
                     "{} does not exist and {parent} is not writable to create it",
-                    layout.root()
+                    root
                 ),
-                None => format!("{} is not writable", layout.root()),
+                None => format!("{} is not writable", root),
             }),
             ["free_kib", kib] => match kib.parse::<u64>() {
                 Ok(kib) if kib < 100 * 1024 => {
@@ -256,29 +274,117 @@ fn check_one(
             _ => {}
         }
     }
-    if problems.is_empty() {
-        (
-            true,
-            format!("  {spec}  ok: {}, tools ok", facts.join(", ")),
-        )
-    } else {
-        (false, format!("  {spec}  FAILED: {}", problems.join("; ")))
-    }
+    (problems, facts)
 }
 
+/// `slipway recover`: finishes or undoes an interrupted rollout on the
+/// reachable hosts, with one program (see `manage::recover_program`), and
+/// says which it did. Exit 4 while a host is still unreachable.
 pub async fn recover(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
     let loaded = ctx.load(&args.environment, None)?;
     let env = loaded.config.environment(&args.environment)?;
-    let cluster = ctx.connect(env).await?;
-    let changed =
-        manage::recover(&cluster, &deployer(), Arc::clone(&ctx.out) as Arc<dyn Sink>).await?;
-    if changed.is_empty() {
+    let (cluster, lost) = ctx.connect_reachable(env).await;
+    let states = cluster.read_state().await?;
+    let histories = manage::histories(&cluster).await;
+    let hosts: Vec<_> = cluster
+        .names()
+        .into_iter()
+        .zip(states)
+        .zip(histories)
+        .map(|((name, state), (_, history))| (name, state, history.unwrap_or_default()))
+        .collect();
+    for (host, why) in &lost {
         ctx.out
-            .result("nothing to recover: no host has an interrupted rollout");
-    } else {
-        ctx.out.result(&format!("recovered {}", changed.join(", ")));
+            .warn(&format!("{host}: UNREACHABLE ({why}); not recovered"));
     }
-    Ok(exit::OK)
+    let Some(rec) = manage::recovery(&hosts) else {
+        ctx.out
+            .result("nothing to recover: no reachable host has an interrupted rollout");
+        return Ok(if lost.is_empty() {
+            exit::OK
+        } else {
+            exit::ATTENTION
+        });
+    };
+    let how = match rec.direction {
+        manage::Direction::Finish => format!(
+            "finishing it: {} already serves on other hosts",
+            rec.release
+        ),
+        manage::Direction::Undo => "undoing it: it never passed its point of no return".to_owned(),
+    };
+    ctx.out.info(&format!(
+        "rollout {} of {} stopped at {} on {}; {how}",
+        rec.deploy_id,
+        rec.release,
+        rec.phase,
+        rec.hosts.join(", ")
+    ));
+    let commit = Commit {
+        id: String::new(),
+        short: rec
+            .release
+            .rsplit('-')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        time: 0,
+        subject: format!("recover {}", rec.deploy_id),
+        author: String::new(),
+        committer: String::new(),
+    };
+    let mut plan = crate::plan::plan(
+        &loaded.config,
+        &args.environment,
+        env,
+        &loaded.branch,
+        &commit,
+        &deployer(),
+    );
+    plan.release_id.clone_from(&rec.release);
+    let program = manage::recover_program(&plan, &rec, &cluster.names());
+    let rollout = Rollout {
+        plan: Arc::new(plan),
+        action: Action::Recover,
+        artifact: None,
+        secrets: Secrets::default(),
+        deploy_id: deploy_id(),
+        sink: Arc::clone(&ctx.out) as Arc<dyn Sink>,
+        interrupt: ctx.interrupt.clone(),
+    };
+    super::deploy::run_program(ctx, &loaded.config, &cluster, rollout, &program).await?;
+    let end = match rec.direction {
+        manage::Direction::Finish => format!(
+            "finished: {} on {}, open",
+            rec.hosts.join(", "),
+            rec.release
+        ),
+        manage::Direction::Undo => format!(
+            "undone: {} back on {}, open",
+            rec.hosts.join(", "),
+            rec.previous
+                .values()
+                .next()
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "no release".to_owned())
+        ),
+    };
+    ctx.out
+        .result(&format!("recovered rollout {}: {end}", rec.deploy_id));
+    if lost.is_empty() {
+        Ok(exit::OK)
+    } else {
+        ctx.out.warn(&format!(
+            "run `slipway recover {}` again once {} reachable",
+            args.environment,
+            lost.iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(exit::ATTENTION)
+    }
 }
 
 pub async fn unlock(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {

@@ -19,6 +19,7 @@ mod inspect;
 mod notify;
 mod output;
 mod pins;
+mod preview;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +125,11 @@ pub struct Cli {
     #[arg(long, global = true, hide = true, env = "SLIPWAY_GIT_SERVER", value_parser = clap::builder::FalseyValueParser::new())]
     pub git_server: bool,
 
+    /// Print every host's line for every step, not only one line per step
+    /// and the hosts that failed.
+    #[arg(long, short, global = true, env = "SLIPWAY_VERBOSE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verbose: bool,
+
     /// Print less: only results and errors.
     #[arg(long, short, global = true, env = "SLIPWAY_QUIET", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
@@ -227,13 +233,54 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit_code(&e));
         }
     };
-    let result = runtime.block_on(run(&ctx, cli.command));
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(&ctx, cli.command) => result,
+            signal = signals(ctx.interrupt.clone()) => Err(anyhow::anyhow!(
+                "interrupted by {signal} while no rollout was running; no host was changed by this command"
+            )),
+        }
+    });
+    // A build step or a transfer still running on a blocking thread must
+    // not hold the exit up for long once the answer is known.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = exit_code(&e);
             ctx.out.error(&format!("{e:#}"));
             ExitCode::from(code)
+        }
+    }
+}
+
+/// SIGINT and SIGTERM: during a rollout they are the executor's (it stops
+/// after the step in flight and undoes; a second signal says what it is
+/// waiting for); otherwise the first one ends the command. Resolves only in
+/// the second case, with the signal's name.
+async fn signals(interrupt: crate::rollout::Interrupt) -> &'static str {
+    use crate::rollout::interrupt::Raised;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default actions stay; nothing to wait for.
+        return std::future::pending().await;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        match interrupt.raise(name) {
+            Raised::Idle => return name,
+            Raised::Stopping { step } => output::err_line(&format!(
+                "slipway: {name}: finishing {step}, then putting every host not yet committed back on the release it ran before (signal again to see what it waits for)"
+            )),
+            Raised::Waiting { step, secs } => output::err_line(&format!(
+                "slipway: still waiting for {step} ({secs}s so far); it exits once every host is open on one release"
+            )),
         }
     }
 }
@@ -289,6 +336,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && output::colour_allowed())
         .with_target(false)
         .try_init();
 }

@@ -19,6 +19,7 @@ pub async fn notify_test(ctx: &Context, environment: &str) -> anyhow::Result<u8>
     let loaded = ctx.load(environment, None)?;
     let commit = &loaded.commit;
     let info = DeployInfo {
+        action: crate::notify::Action::Deploy,
         app: loaded.config.app.name.clone(),
         environment: environment.to_owned(),
         release: plan::release_id(commit),
@@ -55,8 +56,9 @@ pub async fn notify_test(ctx: &Context, environment: &str) -> anyhow::Result<u8>
 }
 
 /// What the notifiers say about deploying `plan`.
-pub fn deploy_info(plan: &Plan, deploy_id: &str) -> DeployInfo {
+pub fn deploy_info(plan: &Plan, deploy_id: &str, action: crate::notify::Action) -> DeployInfo {
     DeployInfo {
+        action,
         app: plan.app.clone(),
         environment: plan.environment.clone(),
         release: plan.release_id.clone(),
@@ -77,8 +79,9 @@ pub fn start(
     config: &Config,
     plan: &Plan,
     deploy_id: &str,
+    action: crate::notify::Action,
 ) -> anyhow::Result<Option<Arc<Notifiers>>> {
-    let notifiers = Notifiers::from_config(&config.notify, deploy_info(plan, deploy_id))?;
+    let notifiers = Notifiers::from_config(&config.notify, deploy_info(plan, deploy_id, action))?;
     Ok((!notifiers.is_empty()).then(|| Arc::new(notifiers)))
 }
 

@@ -28,6 +28,11 @@ pub fn err_line(line: &str) {
 
 pub struct Console {
     quiet: bool,
+    /// Per-host lines for every step (`-v`), not only for failures.
+    verbose: bool,
+    /// Colour on the stream progress goes to: a terminal, and `NO_COLOR`
+    /// unset or empty.
+    color: bool,
     /// Under GitHub Actions everything goes to stdout, in order with the
     /// workflow commands (`::group::`) that structure the log.
     stdout: bool,
@@ -36,11 +41,19 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn new(quiet: bool) -> Self {
+    pub fn new(quiet: bool, verbose: bool) -> Self {
         let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let stdout = std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true");
+        let terminal = if stdout {
+            std::io::stdout().is_terminal()
+        } else {
+            std::io::stderr().is_terminal()
+        };
         Self {
             quiet,
-            stdout: std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true"),
+            verbose,
+            color: terminal && colour_allowed(),
+            stdout,
             bars: interactive.then(MultiProgress::new),
             uploads: Mutex::new(HashMap::new()),
         }
@@ -59,11 +72,25 @@ impl Console {
     }
 
     pub fn error(&self, message: &str) {
-        self.line(&format!("error: {message}"));
+        self.line(&format!("{}: {message}", self.paint("error", Tone::Bad)));
     }
 
     pub fn warn(&self, message: &str) {
-        self.line(&format!("warning: {message}"));
+        self.line(&format!("{}: {message}", self.paint("warning", Tone::Warn)));
+    }
+
+    /// `word` in the colour of `tone`, when colour is on.
+    pub fn paint(&self, word: &str, tone: Tone) -> String {
+        if !self.color {
+            return word.to_owned();
+        }
+        let colour = match tone {
+            Tone::Good => anstyle::AnsiColor::Green,
+            Tone::Warn => anstyle::AnsiColor::Yellow,
+            Tone::Bad => anstyle::AnsiColor::Red,
+        };
+        let style = anstyle::Style::new().fg_color(Some(colour.into())).bold();
+        format!("{}{word}{}", style.render(), style.render_reset())
     }
 
     fn line(&self, line: &str) {
@@ -77,6 +104,20 @@ impl Console {
     }
 }
 
+/// What a coloured word means.
+#[derive(Debug, Clone, Copy)]
+pub enum Tone {
+    Good,
+    Warn,
+    Bad,
+}
+
+/// <https://no-color.org>: any non-empty `NO_COLOR` turns colour off.
+pub fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").as_deref() != Ok("dumb")
+}
+
 impl Sink for Console {
     fn emit(&self, event: &Event) {
         match event {
@@ -87,20 +128,56 @@ impl Sink for Console {
                 commit,
                 deployer,
                 hosts,
+                action,
                 ..
-            } => self.info(&format!(
-                "==> {app} → {environment}: release {release} (commit {}) by {deployer} on {} host(s)",
-                &commit[..commit.len().min(12)],
-                hosts.len()
-            )),
+            } => {
+                let commit = if commit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (commit {})", &commit[..commit.len().min(12)])
+                };
+                self.info(&format!(
+                    "==> {app} → {environment}: {} {release}{commit} by {deployer} on {} host(s)",
+                    crate::rollout::program::action_word(*action),
+                    hosts.len()
+                ));
+            }
             Event::HostPhase { host, phase, took } => {
                 if let Some(bar) = self.uploads.lock().expect("bars").remove(host) {
                     bar.finish_and_clear();
                 }
-                self.info(&format!("  {phase:<8} {host}  ok ({:.2}s)", took.as_secs_f64()));
+                if self.verbose {
+                    self.info(&format!(
+                        "    {phase:<8} {host}  {} ({:.2}s)",
+                        self.paint("ok", Tone::Good),
+                        took.as_secs_f64()
+                    ));
+                }
             }
             Event::HostFailed { host, phase, error } => {
-                self.line(&format!("  {phase:<8} {host}  FAILED: {error}"));
+                self.line(&format!(
+                    "    {phase:<8} {host}  {}: {error}",
+                    self.paint("FAILED", Tone::Bad)
+                ));
+            }
+            Event::StepDone {
+                phase,
+                hosts,
+                failed,
+                took,
+                undo,
+            } => {
+                let undo = if *undo { "undo " } else { "" };
+                let ok = hosts - failed;
+                let count = if *failed == 0 {
+                    self.paint(&format!("{ok}/{hosts}"), Tone::Good)
+                } else {
+                    self.paint(&format!("{ok}/{hosts} FAILED on {failed}"), Tone::Bad)
+                };
+                self.info(&format!(
+                    "  {undo}{phase:<8} {count}  {:.2}s",
+                    took.as_secs_f64()
+                ));
             }
             Event::Output { host, line } => self.info(&format!("  {host} | {line}")),
             Event::Note { message } => self.info(&format!("  {message}")),

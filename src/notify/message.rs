@@ -15,6 +15,8 @@ use super::Event;
 /// What a deploy is, for messages (built by the CLI from the plan).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DeployInfo {
+    /// What was asked: deploy, rollback, promote, revert, recover.
+    pub action: super::Action,
     pub app: String,
     pub environment: String,
     pub release: String,
@@ -42,6 +44,18 @@ impl DeployInfo {
         } else {
             self.changelog.clone()
         }
+    }
+}
+
+/// An action as the subject of "… failed".
+fn doing(action: super::Action) -> &'static str {
+    use super::Action;
+    match action {
+        Action::Deploy | Action::Canary => "deploying",
+        Action::Rollback => "rolling back to",
+        Action::Promote => "promoting",
+        Action::Revert => "reverting the canary",
+        Action::Recover => "recovering the rollout of",
     }
 }
 
@@ -136,6 +150,7 @@ impl Occasion {
                 occasion.error = Some(error.clone());
             }
             Event::HostPhase { .. }
+            | Event::StepDone { .. }
             | Event::HostFailed { .. }
             | Event::Output { .. }
             | Event::Note { .. } => {
@@ -186,17 +201,31 @@ impl Occasion {
     /// One line saying what happened, e.g.
     /// `shop → production: 20261122T051900Z-1a2b3c4 is live`.
     pub fn headline(&self) -> String {
+        use super::Action;
         let i = &self.info;
-        let what = match self.kind {
-            Kind::Started => format!("deploying {}", i.release),
-            Kind::Succeeded => format!("{} is live", i.release),
-            Kind::Failed => format!("deploying {} failed", i.release),
-            Kind::RolledBack => format!(
-                "deploying {} failed; rolled back to {}",
-                i.release,
-                self.restored.as_deref().unwrap_or("the previous release")
+        let r = &i.release;
+        let back = self.restored.as_deref().unwrap_or("the previous release");
+        let what = match (self.kind, i.action) {
+            (Kind::Test, _) => "test message from slipway (nothing is being deployed)".to_owned(),
+            (Kind::Started, Action::Rollback) => format!("rolling back to {r}"),
+            (Kind::Started, Action::Promote) => format!("promoting the canary {r} to every host"),
+            (Kind::Started, Action::Revert) => format!("reverting the canary {r}"),
+            (Kind::Started, Action::Recover) => format!("recovering an interrupted rollout of {r}"),
+            (Kind::Started, _) => format!("deploying {r}"),
+            (Kind::Succeeded, Action::Rollback) => format!("rolled back to {r}"),
+            (Kind::Succeeded, Action::Promote) => {
+                format!("{r} is live on every host (canary promoted)")
+            }
+            (Kind::Succeeded, Action::Revert) => format!(
+                "canary {r} reverted; hosts back on {}",
+                self.previous.as_deref().unwrap_or("the previous release")
             ),
-            Kind::Test => "test message from slipway (nothing is being deployed)".to_owned(),
+            (Kind::Succeeded, Action::Recover) => format!("interrupted rollout of {r} recovered"),
+            (Kind::Succeeded, _) => format!("{r} is live"),
+            (Kind::Failed, action) => format!("{} {r} failed", doing(action)),
+            (Kind::RolledBack, action) => {
+                format!("{} {r} failed; rolled back to {back}", doing(action))
+            }
         };
         format!("{} {} → {}: {what}", self.icon(), i.app, i.environment)
     }
@@ -267,10 +296,28 @@ impl Occasion {
                 "slipway notify test for {} on {} by {}",
                 i.app, i.environment, i.deployer
             ),
-            _ => format!(
-                "{} {} deployed to {} by {}",
-                i.app, i.release, i.environment, i.deployer
-            ),
+            _ => match i.action {
+                super::Action::Rollback => format!(
+                    "{} rolled back to {} on {} by {}",
+                    i.app, i.release, i.environment, i.deployer
+                ),
+                super::Action::Revert => format!(
+                    "{} canary {} reverted on {} by {}",
+                    i.app, i.release, i.environment, i.deployer
+                ),
+                super::Action::Promote => format!(
+                    "{} {} promoted to every host of {} by {}",
+                    i.app, i.release, i.environment, i.deployer
+                ),
+                super::Action::Recover => format!(
+                    "{} {} recovered on {} by {}",
+                    i.app, i.release, i.environment, i.deployer
+                ),
+                super::Action::Deploy | super::Action::Canary => format!(
+                    "{} {} deployed to {} by {}",
+                    i.app, i.release, i.environment, i.deployer
+                ),
+            },
         }
     }
 
@@ -333,6 +380,7 @@ mod tests {
     #[test]
     fn a_failure_with_a_restored_release_is_a_rollback() {
         let event = Event::Failed {
+            action: crate::notify::Action::Deploy,
             deploy_id: "d1".into(),
             release: "r2".into(),
             error: "hook failed".into(),

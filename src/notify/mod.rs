@@ -77,12 +77,28 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// What a rollout was asked to do; recorded in history, named in events
+/// and messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    #[default]
+    Deploy,
+    Rollback,
+    Recover,
+    Canary,
+    Promote,
+    /// A canary's switched hosts sent back (`rollback` during a canary).
+    Revert,
+}
+
 /// One thing that happened during a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     Started {
         deploy_id: String,
+        action: Action,
         app: String,
         environment: String,
         release: String,
@@ -103,12 +119,24 @@ pub enum Event {
         phase: Phase,
         error: String,
     },
+    /// A step of the program finished on all its hosts: how many there
+    /// were, how many failed, how long the slowest took. `undo` when it
+    /// was run to undo a failed rollout.
+    StepDone {
+        phase: Phase,
+        hosts: usize,
+        failed: usize,
+        #[serde(with = "secs")]
+        took: Duration,
+        undo: bool,
+    },
     /// A line of output from a command the user configured (hook, workers).
     Output { host: String, line: String },
     /// Progress note that is not tied to one host ("waiting for the lock").
     Note { message: String },
     Succeeded {
         deploy_id: String,
+        action: Action,
         release: String,
         previous: Option<String>,
         #[serde(with = "secs")]
@@ -118,6 +146,7 @@ pub enum Event {
     },
     Failed {
         deploy_id: String,
+        action: Action,
         release: String,
         error: String,
         /// Where the hosts ended up, when the failure was rolled back.

@@ -12,15 +12,12 @@
 //! rollback can run from another machine, hours later; while it exists no
 //! other deploy starts; a failed stage puts every switched host back.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use super::gated::prepare;
-use super::state::{Action, CanaryState, HostState, now};
-use super::steps::{self, PerHost, Report, Rollout, by_host};
-use super::{Cluster, RolloutError, lock};
+use super::program::{Op, Program};
+use super::rolling::switch_and_check;
+use super::state::{Action, CanaryState, HostState};
+use super::{Cluster, RolloutError};
 use crate::config::Share;
-use crate::notify::{Event, Phase};
+use crate::plan::Plan;
 
 /// A deploy must not start over a canary: the hosts would end up on three
 /// releases, and the canary's record of what to roll back to would lie.
@@ -37,30 +34,75 @@ pub fn refuse_canary(states: &[HostState], environment: &str) -> Result<(), Roll
     }
 }
 
-pub(super) async fn canary(
-    cluster: &Cluster,
-    r: &Rollout,
-    started: Instant,
-) -> Result<Report, RolloutError> {
-    let (previous, _states) = prepare(cluster, r).await?;
-    if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action)
-        && let Err(failure) = steps::run_hook(cluster, r, hook).await
-    {
-        return Err(
-            steps::roll_back(cluster, r, &previous, failure, steps::Clock::open(started)).await,
+/// The canary deploy: stage everywhere, the hook once, then stage 1 (the
+/// canaries, with the canary `check`) and stage 2 (a share of the rest),
+/// then the canary record on every host.
+pub fn program(plan: &Plan) -> Program {
+    let all = &plan.hosts;
+    let background = plan.workers.is_some() || plan.cron.is_some();
+    let (stage1, stage2) = stages(plan);
+    let mut p = Program::new(
+        Action::Deploy,
+        "canary",
+        &plan.environment,
+        &plan.release_id,
+    );
+    p.step(Op::Lock { recovery: false }, all)
+        .step(
+            Op::Inspect {
+                refuse_canary: true,
+                require: false,
+            },
+            all,
+        )
+        .step(Op::Stage, all);
+    if let Some(hook) = &plan.hook {
+        p.step(
+            Op::Hook {
+                command: hook.command.clone(),
+                timeout: hook.timeout,
+            },
+            std::slice::from_ref(&hook.host),
         );
     }
-    let settings = r.plan.canary.clone();
-    let canaries: Vec<String> = settings
+    // Stage 1: the canaries, checked by health and their own command.
+    if background {
+        p.step(Op::Stop, &stage1);
+    }
+    p.step(Op::Switch, &stage1);
+    if plan.health.is_some() {
+        p.step(Op::Health, &stage1);
+    }
+    if let Some(check) = plan.canary.as_ref().and_then(|c| c.check.clone()) {
+        p.step(Op::CanaryCheck { command: check }, &stage1);
+    }
+    if background {
+        p.step(Op::Start, &stage1);
+    }
+    switch_and_check(&mut p, plan, &stage2, background);
+    let switched: Vec<String> = stage1.iter().chain(&stage2).cloned().collect();
+    p.step(Op::Commit, all)
+        .step(Op::WriteCanary { switched }, all)
+        .step(Op::Unlock, all);
+    p
+}
+
+/// Which hosts switch in stage 1 and stage 2. Without dedicated canaries
+/// the first host is the canary, and counts towards the share.
+fn stages(plan: &Plan) -> (Vec<String>, Vec<String>) {
+    let canaries: Vec<String> = plan
+        .canary
         .as_ref()
         .map(|c| c.hosts.clone())
         .unwrap_or_default();
-    let rest: Vec<String> = cluster
-        .names()
-        .into_iter()
+    let rest: Vec<String> = plan
+        .hosts
+        .iter()
         .filter(|h| !canaries.contains(h))
+        .cloned()
         .collect();
-    let share = settings
+    let share = plan
+        .canary
         .as_ref()
         .map_or(Share::Percent(34), |c| c.share)
         .of(rest.len());
@@ -69,105 +111,13 @@ pub(super) async fn canary(
     } else {
         canaries.clone()
     };
-    // Without dedicated canaries the first host is the canary, and counts
-    // towards the share.
-    let stage2: Vec<String> = rest
+    let stage2 = rest
         .iter()
         .filter(|h| !stage1.contains(h))
         .take(share.saturating_sub(usize::from(canaries.is_empty())))
         .cloned()
         .collect();
-    let mut switched = Vec::new();
-    for (n, hosts) in [(1, &stage1), (2, &stage2)] {
-        if hosts.is_empty() {
-            continue;
-        }
-        switched.extend(hosts.iter().cloned());
-        r.sink.emit(&Event::Note {
-            message: format!("canary stage {n}: {}", hosts.join(", ")),
-        });
-        if let Err(failure) = check_stage(&cluster.subset(hosts), r, &previous, n == 1).await {
-            let untouched: Vec<String> = cluster
-                .names()
-                .into_iter()
-                .filter(|h| !switched.contains(h))
-                .collect();
-            super::rolling::clear_journals(&cluster.subset(&untouched)).await;
-            return Err(steps::roll_back(
-                &cluster.subset(&switched),
-                r,
-                &previous,
-                failure,
-                steps::Clock::open(started),
-            )
-            .await);
-        }
-    }
-    let record = CanaryState {
-        deploy_id: r.deploy_id.clone(),
-        release: r.plan.release_id.clone(),
-        commit: r.plan.commit.id.clone(),
-        previous: previous.as_ref().clone(),
-        switched: switched.clone(),
-        since: now(),
-    };
-    write_record(cluster, &record).await?;
-    r.sink.emit(&Event::Note {
-        message: format!(
-            "canary: {} of {} hosts on {}; `slipway promote {}` completes it, `slipway rollback {}` reverts it",
-            switched.len(),
-            cluster.hosts.len(),
-            r.plan.release_id,
-            r.plan.environment,
-            r.plan.environment
-        ),
-    });
-    Ok(Report {
-        release: r.plan.release_id.clone(),
-        previous: previous.values().next().cloned().flatten(),
-        closed_window: std::time::Duration::ZERO,
-        duration: started.elapsed(),
-        warnings: Vec::new(),
-    })
-}
-
-async fn check_stage(
-    hosts: &Cluster,
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
-    canaries: bool,
-) -> Result<(), steps::StepFailure> {
-    steps::background(hosts, r, previous, false).await?;
-    steps::switch(hosts, r, previous).await?;
-    if let Some(health) = &r.plan.health {
-        steps::health_check(hosts, r, health).await?;
-    }
-    if canaries && let Some(check) = r.plan.canary.as_ref().and_then(|c| c.check.clone()) {
-        let health = crate::config::Health {
-            url: None,
-            command: Some(check),
-            status: 200,
-            timeout: std::time::Duration::from_secs(60),
-            retries: 0,
-        };
-        steps::health_check(hosts, r, &health).await?;
-    }
-    steps::background(hosts, r, previous, true).await
-}
-
-async fn write_record(cluster: &Cluster, record: &CanaryState) -> Result<(), RolloutError> {
-    let json = serde_json::to_string(record).expect("canary record serialises");
-    cluster
-        .each(move |host| {
-            let script = host
-                .layout
-                .write_canary(&json)
-                .and_then(|s| Ok(s.then(&host.layout.clear_journal()?)));
-            host.run("recording the canary", script).map(drop)
-        })
-        .await
-        .into_iter()
-        .collect()
+    (stage1, stage2)
 }
 
 /// The canary in progress, as recorded on the hosts.
@@ -182,120 +132,69 @@ pub async fn current(cluster: &Cluster, environment: &str) -> Result<CanaryState
         .ok_or_else(|| RolloutError::NoCanary(environment.to_owned()))
 }
 
-/// Finishes a canary: the remaining hosts switch to its release (gated by
-/// health checks), everything is recorded and the canary record removed.
-///
-/// # Errors
-/// As a rolling batch: a failure puts the promoted hosts back.
-pub async fn promote(
-    cluster: &Cluster,
-    r: &Rollout,
-    canary: &CanaryState,
-) -> Result<Report, RolloutError> {
-    let started = Instant::now();
-    lock::held(cluster, r, promote_locked(cluster, r, canary, started)).await
-}
-
-async fn promote_locked(
-    cluster: &Cluster,
-    r: &Rollout,
-    canary: &CanaryState,
-    started: Instant,
-) -> Result<Report, RolloutError> {
-    let states = cluster.read_state().await?;
-    steps::require_release(cluster, &states, &canary.release)?;
-    let previous: PerHost<Option<String>> = Arc::new(canary.previous.clone());
-    let rest: Vec<String> = cluster
-        .names()
-        .into_iter()
+/// `slipway promote`: the hosts the canary did not switch switch to its
+/// release (checked like a rolling batch); then every host records it and
+/// the canary record goes. A failure puts the promoted hosts back; the
+/// canary stays as it was.
+pub fn promote_program(plan: &Plan, canary: &CanaryState) -> Program {
+    let all = &plan.hosts;
+    let background = plan.workers.is_some() || plan.cron.is_some();
+    let rest: Vec<String> = all
+        .iter()
         .filter(|h| !canary.switched.contains(h))
+        .cloned()
         .collect();
-    let hosts = cluster.subset(&rest);
-    let outcome = async {
-        steps::background(&hosts, r, &previous, false).await?;
-        steps::switch(&hosts, r, &previous).await?;
-        if let Some(health) = &r.plan.health {
-            steps::health_check(&hosts, r, health).await?;
-        }
-        steps::background(&hosts, r, &previous, true).await
-    }
-    .await;
-    if let Err(failure) = outcome {
-        return Err(
-            steps::roll_back(&hosts, r, &previous, failure, steps::Clock::open(started)).await,
-        );
-    }
-    let warnings = steps::record(
-        cluster,
-        r,
-        &previous,
-        &by_host(cluster, &states),
-        steps::Clock::open(started),
-    )
-    .await;
-    clear_record(cluster).await?;
-    Ok(Report {
-        release: canary.release.clone(),
-        previous: previous.values().next().cloned().flatten(),
-        closed_window: std::time::Duration::ZERO,
-        duration: started.elapsed(),
-        warnings,
-    })
+    let mut p = Program::new(
+        Action::Promote,
+        "canary",
+        &plan.environment,
+        &canary.release,
+    );
+    p.previous = Some(canary.previous.clone());
+    p.step(Op::Lock { recovery: false }, all).step(
+        Op::Inspect {
+            refuse_canary: false,
+            require: true,
+        },
+        all,
+    );
+    switch_and_check(&mut p, plan, &rest, background);
+    p.step(Op::Commit, all)
+        .step(Op::Record, all)
+        .step(Op::ClearCanary, all)
+        .step(Op::Unlock, all);
+    p
 }
 
-/// Reverts a canary: every switched host goes back to what it ran before.
-///
-/// # Errors
-/// When a host cannot be switched back (it is reported, the rest are done).
-pub async fn revert(
-    cluster: &Cluster,
-    r: &Rollout,
-    canary: &CanaryState,
-) -> Result<Report, RolloutError> {
-    lock::held(cluster, r, revert_locked(cluster, r, canary)).await
-}
-
-async fn revert_locked(
-    cluster: &Cluster,
-    r: &Rollout,
-    canary: &CanaryState,
-) -> Result<Report, RolloutError> {
-    let started = Instant::now();
-    let previous: PerHost<Option<String>> = Arc::new(canary.previous.clone());
-    let switched = cluster.subset(&canary.switched);
-    let error = steps::roll_back(
-        &switched,
-        r,
-        &previous,
-        (Phase::Rollback, "canary reverted".to_owned()),
-        steps::Clock::open(started),
-    )
-    .await;
-    clear_record(cluster).await?;
-    match error {
-        RolloutError::RolledBack { unreachable, .. } if unreachable.is_empty() => Ok(Report {
-            release: previous
-                .values()
-                .next()
-                .cloned()
-                .flatten()
-                .unwrap_or_default(),
-            previous: Some(canary.release.clone()),
-            closed_window: std::time::Duration::ZERO,
-            duration: started.elapsed(),
-            warnings: Vec::new(),
-        }),
-        other => Err(other),
+/// `slipway rollback` while a canary is in progress: the switched hosts go
+/// back to what each ran before; the canary record goes.
+pub fn revert_program(plan: &Plan, canary: &CanaryState) -> Program {
+    let all = &plan.hosts;
+    let background = plan.workers.is_some() || plan.cron.is_some();
+    let switched: Vec<String> = all
+        .iter()
+        .filter(|h| canary.switched.contains(h))
+        .cloned()
+        .collect();
+    let mut p = Program::new(Action::Revert, "revert", &plan.environment, &canary.release);
+    p.previous = Some(canary.previous.clone());
+    p.step(Op::Lock { recovery: false }, all).step(
+        Op::Inspect {
+            refuse_canary: false,
+            require: false,
+        },
+        all,
+    );
+    if background {
+        p.step(Op::Stop, &switched);
     }
-}
-
-async fn clear_record(cluster: &Cluster) -> Result<(), RolloutError> {
-    cluster
-        .each(|host| {
-            host.run("clearing the canary record", host.layout.clear_canary())
-                .map(drop)
-        })
-        .await
-        .into_iter()
-        .collect()
+    p.step(Op::SwitchBack, &switched);
+    if background {
+        p.step(Op::Start, &switched);
+    }
+    p.step(Op::Commit, all)
+        .step(Op::RecordBack, &switched)
+        .step(Op::ClearCanary, all)
+        .step(Op::Unlock, all);
+    p
 }

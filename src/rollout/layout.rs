@@ -753,7 +753,7 @@ fn indent(text: &str) -> String {
 const CHECK: &str = r#"printf 'user\t%s\n' "$(id -un)"
 p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
 if [ "$p" != "$d" ]; then printf 'missing\t%s\n' "$p"; fi
-if touch "$p/.slipway-check.$$" 2>/dev/null; then rm -f "$p/.slipway-check.$$"; printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
+if [ -w "$p" ]; then printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
 for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find setsid timeout sed; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;

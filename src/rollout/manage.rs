@@ -4,11 +4,8 @@
 //! Invariant: only [`recover`] and [`unlock`] change hosts, and each says
 //! exactly what it changed; everything else only reads.
 
-use std::sync::Arc;
-
-use super::state::{Action, HistoryEntry, HostState, Journal, Outcome, now};
+use super::state::{Action, HistoryEntry, HostState, Journal, Outcome};
 use super::{Cluster, RolloutError};
-use crate::notify::{Event, Sink};
 
 /// One host as `slipway status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,8 +171,14 @@ pub fn outcome_word(outcome: Outcome) -> &'static str {
 /// release was deployed. Rolling back twice goes back twice.
 pub fn rollback_target(history: &[HistoryEntry], current: Option<&str>) -> Option<HistoryEntry> {
     let current = current?;
+    // The deploy that replaced something; a forced redeploy of the same
+    // release (no previous, or an old line with previous == release) is
+    // passed over.
     let deployed = history.iter().rev().find(|e| {
-        e.release == current && e.action == Action::Deploy && e.outcome == Outcome::Success
+        e.release == current
+            && e.action == Action::Deploy
+            && e.outcome == Outcome::Success
+            && e.previous.as_deref().is_some_and(|p| p != current)
     })?;
     let target = deployed.previous.as_deref()?;
     history
@@ -191,78 +194,104 @@ pub fn rollback_target(history: &[HistoryEntry], current: Option<&str>) -> Optio
         })
 }
 
-/// Finishes an interrupted rollout by undoing it: every host with a
-/// journal goes back to the release it ran before, opens, and forgets the
-/// journal; the dead rollout's lock is removed. Returns the hosts changed.
-///
-/// # Errors
-/// The hosts that could not be recovered (still unreachable).
-pub async fn recover(
-    cluster: &Cluster,
-    who: &str,
-    sink: Arc<dyn Sink>,
-) -> Result<Vec<String>, RolloutError> {
-    let states = cluster.read_state().await?;
-    let journals: Arc<Vec<Option<Journal>>> = Arc::new(
-        states
-            .iter()
-            .map(|s| s.journal.clone().and_then(Result::ok))
-            .collect(),
-    );
-    let who = who.to_owned();
-    let hosts: Arc<Vec<String>> =
-        Arc::new(cluster.hosts.iter().map(|h| h.name().to_owned()).collect());
-    let js = Arc::clone(&journals);
-    let sink2 = Arc::clone(&sink);
-    let results = cluster
-        .each(move |host| {
-            let i = hosts.iter().position(|n| n == host.name()).unwrap_or(0);
-            let Some(journal) = &js[i] else {
-                return Ok(None);
-            };
-            let entry = serde_json::to_string(&HistoryEntry {
-                time: now(),
-                deploy_id: journal.deploy_id.clone(),
-                environment: journal.environment.clone(),
-                action: Action::Recover,
-                release: journal.previous.clone().unwrap_or_default(),
-                previous: Some(journal.release.clone()),
-                commit: String::new(),
-                sha256: String::new(),
-                who: who.clone(),
-                outcome: Outcome::RolledBack,
-                subject: None,
-                duration_ms: None,
-                closed_ms: None,
-            })
-            .expect("history serialises");
-            let script = host
-                .layout
-                .switch(journal.previous.as_deref(), &journal.deploy_id)
-                .and_then(|s| Ok(s.then(&host.layout.open()?)))
-                .and_then(|s| Ok(s.then(&host.layout.record(&entry)?)))
-                .and_then(|s| Ok(s.then(&host.layout.unlock(&journal.deploy_id)?)))
-                .and_then(|s| Ok(s.then(&host.layout.clear_journal()?)));
-            host.run("recovering", script)?;
-            sink2.emit(&Event::Note {
-                message: format!(
-                    "{}: back on {} and open (undid rollout {} at phase {})",
-                    host.name(),
-                    journal.previous.as_deref().unwrap_or("no release"),
-                    journal.deploy_id,
-                    journal.phase
-                ),
-            });
-            Ok(Some(host.name().to_owned()))
+/// Which way `recover` takes an interrupted rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// It passed its point of no return somewhere: the new release serves
+    /// there, so the journaled hosts are brought onto it too.
+    Finish,
+    /// It never did: the journaled hosts go back to what they ran before.
+    Undo,
+}
+
+/// An interrupted rollout, as the journals and histories of the reachable
+/// hosts describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub direction: Direction,
+    /// The rollout that died (the first journal's).
+    pub deploy_id: String,
+    pub phase: crate::notify::Phase,
+    /// The release it was rolling out.
+    pub release: String,
+    /// The hosts with a journal, in cluster order, and what each ran before.
+    pub previous: std::collections::BTreeMap<String, Option<String>>,
+    pub hosts: Vec<String>,
+}
+
+/// Reads what `recover` must do from each reachable host's state and
+/// history; `None` when no host has a journal.
+pub fn recovery(hosts: &[(String, HostState, Vec<HistoryEntry>)]) -> Option<Recovery> {
+    let journaled: Vec<(&String, Journal)> = hosts
+        .iter()
+        .filter_map(|(h, s, _)| s.journal.clone().and_then(Result::ok).map(|j| (h, j)))
+        .collect();
+    let (_, first) = journaled.first()?;
+    let ids: Vec<&str> = journaled
+        .iter()
+        .map(|(_, j)| j.deploy_id.as_str())
+        .collect();
+    // Committed on a journaled host, or recorded as a success by a host that
+    // finished: either way the new release serves somewhere.
+    let finished_somewhere = hosts.iter().any(|(_, _, history)| {
+        history.iter().any(|e| {
+            ids.contains(&e.deploy_id.as_str())
+                && e.outcome == Outcome::Success
+                && e.action != Action::Recover
         })
-        .await;
-    let mut changed = Vec::new();
-    for r in results {
-        if let Some(name) = r? {
-            changed.push(name);
-        }
+    });
+    let committed = journaled.iter().any(|(_, j)| j.committed);
+    Some(Recovery {
+        direction: if committed || finished_somewhere {
+            Direction::Finish
+        } else {
+            Direction::Undo
+        },
+        deploy_id: first.deploy_id.clone(),
+        phase: first.phase,
+        release: first.release.clone(),
+        previous: journaled
+            .iter()
+            .map(|(h, j)| ((*h).clone(), j.previous.clone()))
+            .collect(),
+        hosts: journaled.iter().map(|(h, _)| (*h).clone()).collect(),
+    })
+}
+
+/// The recover program: take over the dead rollout's lock once its lease
+/// expired, stop what it left running, close every journaled host before
+/// switching any (old and new never serve side by side), switch them all
+/// (forward to its release, or back), open, restart workers and cron,
+/// record, unlock. Finishing commits first (a failure then is reported,
+/// never undone back into mixed versions); undoing commits once the hosts
+/// are back (a failure before that reopens the hosts it closed).
+pub fn recover_program(plan: &crate::plan::Plan, rec: &Recovery, all: &[String]) -> super::Program {
+    use super::program::{Op, Program};
+    let j = &rec.hosts;
+    let background = plan.workers.is_some() || plan.cron.is_some();
+    let mut p = Program::new(Action::Recover, "recover", &plan.environment, &rec.release);
+    p.previous = Some(rec.previous.clone());
+    p.step(Op::Lock { recovery: true }, all);
+    if rec.direction == Direction::Finish {
+        p.step(Op::Commit, j);
     }
-    Ok(changed)
+    p.step(Op::Close, j);
+    match rec.direction {
+        Direction::Finish => p.step(Op::Switch, j),
+        // Once back, they stay back: what follows is reported, not undone.
+        Direction::Undo => p.step(Op::SwitchBack, j).step(Op::Commit, j),
+    };
+    p.step(Op::Open, j);
+    if background {
+        p.step(Op::Start, j);
+    }
+    match rec.direction {
+        Direction::Finish => p.step(Op::Record, j),
+        Direction::Undo => p.step(Op::RecordBack, j),
+    };
+    p.step(Op::Unlock, all);
+    p
 }
 
 /// Removes whatever lock is on the environment's hosts. For a lock whose
@@ -365,6 +394,10 @@ mod tests {
         let target = rollback_target(&history, Some("c")).unwrap();
         assert_eq!(target.release, "b");
         assert_eq!(target.commit, "commit-b");
+        // A forced redeploy of c (recorded by an older slipway with
+        // previous == release) still rolls back to b.
+        history.push(entry("c", Some("c"), Action::Deploy, Outcome::Success));
+        assert_eq!(rollback_target(&history, Some("c")).unwrap().release, "b");
         history.push(entry("b", Some("c"), Action::Rollback, Outcome::Success));
         assert_eq!(rollback_target(&history, Some("b")).unwrap().release, "a");
         assert!(rollback_target(&history, Some("a")).is_none());

@@ -8,11 +8,14 @@
 //! transport calls run on blocking threads, at most `parallel` at a time.
 
 pub mod canary;
+pub mod executor;
 pub mod gated;
 pub mod health;
+pub mod interrupt;
 pub mod layout;
 pub mod lock;
 pub mod manage;
+pub mod program;
 pub mod remote;
 pub mod rolling;
 pub mod state;
@@ -25,8 +28,26 @@ use tokio::sync::Semaphore;
 use crate::notify::Phase;
 use crate::transport::{Transport, TransportError, Unquotable};
 
+pub use interrupt::Interrupt;
 pub use layout::Layout;
+pub use program::Program;
 pub use state::{HostState, LockOwner};
+
+/// Compiles `action` of `plan` with the environment's strategy: a deploy
+/// is gated, rolling or canary; a rollback (`--to` too) is gated in a gated
+/// environment and rolling otherwise, never a canary.
+pub fn compile(plan: &crate::plan::Plan, action: state::Action) -> Program {
+    use crate::config::Strategy;
+    match (action, plan.strategy) {
+        (state::Action::Deploy, Strategy::Gated) => gated::program(plan, action),
+        (state::Action::Deploy, Strategy::Rolling) => rolling::program(plan, action),
+        (state::Action::Deploy, Strategy::Canary) => canary::program(plan),
+        (_, Strategy::Gated) => gated::program(plan, state::Action::Rollback),
+        (_, Strategy::Rolling | Strategy::Canary) => {
+            rolling::program(plan, state::Action::Rollback)
+        }
+    }
+}
 
 /// Opens a transport to a host spec; injected so tests and callers choose
 /// how hosts are reached.
@@ -248,13 +269,25 @@ pub enum RolloutError {
         failed: Vec<String>,
         errors: Vec<String>,
     },
-    #[error("release {release} failed at {phase}: {cause}\n{}", rolled_back_text(.restored_to.as_deref(), .unreachable))]
+    #[error("release {release} failed at {phase}: {cause}\n{}", rolled_back_text(.restored_to.as_deref(), .left))]
     RolledBack {
         release: String,
         phase: Phase,
         cause: String,
         restored_to: Option<String>,
-        unreachable: Vec<String>,
+        /// The hosts the undo did not bring back (boxed: errors stay small).
+        left: Box<LeftBehind>,
+    },
+    #[error(
+        "{release} is live, but not on every host; each host as slipway last saw it:\n  {}\nrun `slipway recover {environment}` once {} reachable: it finishes this rollout there", .hosts.join("\n  "), were(.lost)
+    )]
+    Incomplete {
+        environment: String,
+        release: String,
+        /// One line per host: its state.
+        hosts: Vec<String>,
+        /// The hosts that failed after the point of no return.
+        lost: Vec<String>,
     },
     #[error(
         "the secret `{0}` is not set in this environment; set it where slipway runs (it is never read from the repository)"
@@ -287,16 +320,63 @@ fn attempts_text(attempts: u32) -> String {
     }
 }
 
-fn rolled_back_text(to: Option<&str>, unreachable: &[String]) -> String {
+fn were(hosts: &[String]) -> String {
+    match hosts {
+        [one] => format!("{one} is"),
+        many => format!("{} are", many.join(", ")),
+    }
+}
+
+/// After an undo, the hosts it could not bring back, and those that were
+/// meant to keep the new release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeftBehind {
+    /// Hosts the undo could not reach.
+    pub unreachable: Vec<String>,
+    /// Those of them that were closed when they were lost.
+    pub left_closed: Vec<String>,
+    /// Hosts past their point of no return, which keep the release
+    /// (rolling with `on_failure = "rollback-batch"`).
+    pub kept: Vec<String>,
+}
+
+fn rolled_back_text(to: Option<&str>, left: &LeftBehind) -> String {
+    let LeftBehind {
+        unreachable,
+        left_closed,
+        kept,
+    } = left;
     let mut text = match to {
         Some(id) => format!("every reachable host is back on {id} and open"),
         None => "every reachable host is back to having no release and open".to_owned(),
     };
-    if !unreachable.is_empty() {
+    if !kept.is_empty() {
         text.push_str(&format!(
-            "\nnot reachable, left closed: {} (run `slipway recover` once they are back)",
-            unreachable.join(", ")
+            "\nkept on the new release (on_failure = \"rollback-batch\"): {}",
+            kept.join(", ")
         ));
+    }
+    if !left_closed.is_empty() {
+        text.push_str(&format!(
+            "\nnot reachable, left closed: {}",
+            left_closed.join(", ")
+        ));
+    }
+    let open: Vec<&String> = unreachable
+        .iter()
+        .filter(|h| !left_closed.contains(h))
+        .collect();
+    if !open.is_empty() {
+        text.push_str(&format!(
+            "\nnot reachable, never closed (may still serve the new release): {}",
+            open.iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !unreachable.is_empty() {
+        text.push_str("\nrun `slipway recover` once they are back: it finishes the undo there");
     }
     text
 }
@@ -305,11 +385,153 @@ impl RolloutError {
     /// The process exit code for this failure; scripts rely on these.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::RolledBack { unreachable, .. } if !unreachable.is_empty() => 4,
+            Self::RolledBack { left, .. } if !left.unreachable.is_empty() => 4,
             Self::RolledBack { .. } => 3,
+            Self::Incomplete { .. } => 4,
             Self::Locked { .. } => 5,
             Self::Interrupted { .. } => 4,
             _ => 1,
         }
+    }
+}
+
+/// The program of every strategy and action, pinned: what `--dry-run`
+/// prints is what runs, so a change here is a change in behaviour and
+/// shows up in review as a snapshot diff.
+#[cfg(test)]
+mod programs {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::manage::{Direction, Recovery, recover_program};
+    use super::state::{Action, CanaryState};
+    use super::{canary, compile};
+    use crate::plan::Plan;
+    use crate::source::Commit;
+
+    fn plan(strategy_lines: &str) -> Plan {
+        let text = format!(
+            r#"[app]
+name = "shop"
+
+[environments.production]
+branch = "production"
+hosts = ["web1", "web2", "web3", "web4"]
+deploy_to = "/srv/shop"
+deploy_hook = "bin/migrate"
+workers = {{ stop = "systemctl stop shop-worker", start = "systemctl start shop-worker" }}
+health = {{ command = "curl -fsS localhost/health" }}
+{strategy_lines}
+"#
+        );
+        let config = crate::config::parse(&text, Path::new("slipway.toml")).expect("valid config");
+        let env = config.environment("production").expect("production");
+        let commit = Commit {
+            id: "1a2b3c4d5e6f".into(),
+            short: "1a2b3c4".into(),
+            time: 1_700_000_000,
+            subject: "Fix the checkout".into(),
+            author: "a".into(),
+            committer: "c".into(),
+        };
+        crate::plan::plan(&config, "production", env, "production", &commit, "alice")
+    }
+
+    fn canary_record(p: &Plan) -> CanaryState {
+        CanaryState {
+            deploy_id: "d1".into(),
+            release: p.release_id.clone(),
+            commit: p.commit.id.clone(),
+            previous: p
+                .hosts
+                .iter()
+                .map(|h| (h.clone(), Some("20231101T000000Z-0000000".to_owned())))
+                .collect(),
+            switched: vec!["web1".into(), "web2".into()],
+            since: "2023-11-14T22:13:20Z".into(),
+        }
+    }
+
+    #[test]
+    fn gated_deploy_and_rollback() {
+        let p = plan(r#"strategy = "gated""#);
+        insta::assert_snapshot!(compile(&p, Action::Deploy).render());
+        insta::assert_snapshot!(compile(&p, Action::Rollback).render());
+    }
+
+    #[test]
+    fn rolling_deploy_both_failure_policies_and_rollback() {
+        let all = plan("strategy = \"rolling\"\nbatch = \"50%\"");
+        insta::assert_snapshot!(compile(&all, Action::Deploy).render());
+        let batch =
+            plan("strategy = \"rolling\"\nbatch = \"50%\"\non_failure = \"rollback-batch\"");
+        insta::assert_snapshot!(compile(&batch, Action::Deploy).render());
+        insta::assert_snapshot!(compile(&all, Action::Rollback).render());
+    }
+
+    #[test]
+    fn canary_deploy_promote_and_revert() {
+        let p = plan(
+            "strategy = \"canary\"\ncanary = { hosts = [\"web1\"], share = \"34%\", check = \"bin/smoke\" }",
+        );
+        insta::assert_snapshot!(compile(&p, Action::Deploy).render());
+        let record = canary_record(&p);
+        insta::assert_snapshot!(canary::promote_program(&p, &record).render());
+        insta::assert_snapshot!(canary::revert_program(&p, &record).render());
+    }
+
+    #[test]
+    fn a_rollback_in_a_canary_environment_never_runs_the_canary_strategy() {
+        let p = plan("strategy = \"canary\"\ncanary = { hosts = [\"web1\"] }");
+        let program = compile(&p, Action::Rollback);
+        assert_eq!(program.shape, "rolling");
+        assert!(
+            !program
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, super::program::Op::WriteCanary { .. })),
+            "a rollback records no canary"
+        );
+        let switched: Vec<&String> = program
+            .steps
+            .iter()
+            .filter(|s| s.op == super::program::Op::Switch)
+            .flat_map(|s| &s.hosts)
+            .collect();
+        assert_eq!(switched.len(), 4, "every host switches: {switched:?}");
+    }
+
+    #[test]
+    fn recover_finishes_or_undoes_closing_every_host_before_switching_any() {
+        let p = plan(r#"strategy = "gated""#);
+        let all = p.hosts.clone();
+        let previous: BTreeMap<String, Option<String>> = all
+            .iter()
+            .map(|h| (h.clone(), Some("20231101T000000Z-0000000".to_owned())))
+            .collect();
+        let rec = |direction| Recovery {
+            direction,
+            deploy_id: "d1".into(),
+            phase: crate::notify::Phase::Hook,
+            release: p.release_id.clone(),
+            previous: previous.clone(),
+            hosts: all.clone(),
+        };
+        let undo = recover_program(&p, &rec(Direction::Undo), &all);
+        let finish = recover_program(&p, &rec(Direction::Finish), &all);
+        for program in [&undo, &finish] {
+            let ops: Vec<&super::program::Op> = program.steps.iter().map(|s| &s.op).collect();
+            let close = ops.iter().position(|o| **o == super::program::Op::Close);
+            let switch = ops.iter().position(|o| {
+                matches!(
+                    o,
+                    super::program::Op::Switch | super::program::Op::SwitchBack
+                )
+            });
+            assert!(close < switch, "close comes before any switch: {ops:?}");
+            assert!(ops.contains(&&super::program::Op::Start), "workers restart");
+        }
+        insta::assert_snapshot!(undo.render());
+        insta::assert_snapshot!(finish.render());
     }
 }

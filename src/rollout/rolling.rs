@@ -1,106 +1,79 @@
 //! The rolling strategy: zero downtime, host batches, health between them.
 //!
-//! Top to bottom: lock; stage every host (old release keeps serving); run
-//! the deploy hook once, in the staged release, before any host switches
-//! (migrations must be backward compatible — both releases serve during a
-//! rolling deploy); then per batch: stop background work, copy back, switch
-//! `current` by rename, health-check, start background work. Invariants:
-//! no host is ever closed; a failed batch is rolled back, and with
-//! `on_failure = "rollback-all"` (the default) so is every host already
-//! switched, leaving the whole cluster on one version.
+//! The program: lock; inspect; stage every host (old release keeps
+//! serving); the deploy hook once, in the staged release, before any host
+//! switches (migrations must be backward compatible — both releases serve
+//! during a rolling deploy); then per batch: stop background work, switch
+//! `current` by rename, health-check, start background work. With
+//! `on_failure = "rollback-batch"` each healthy batch is committed and
+//! recorded at once, so a later failure undoes only its own batch; with
+//! `"rollback-all"` (the default) the commit comes after the last batch and
+//! a failure anywhere puts every switched host back. Invariant: no host is
+//! ever closed. A rollback in a rolling (or canary) environment is the same
+//! program without staging and the hook.
 
-use std::time::Instant;
-
-use super::gated::prepare;
+use super::program::{Op, Program};
 use super::state::Action;
-use super::steps::{self, Report, Rollout};
-use super::{Cluster, RolloutError};
 use crate::config::OnFailure;
+use crate::plan::Plan;
 
-pub(super) async fn rolling(
-    cluster: &Cluster,
-    r: &Rollout,
-    started: Instant,
-) -> Result<Report, RolloutError> {
-    let (previous, states) = prepare(cluster, r).await?;
-    if let (Some(hook), Action::Deploy) = (&r.plan.hook, r.action)
-        && let Err(failure) = steps::run_hook(cluster, r, hook).await
-    {
-        return Err(
-            steps::roll_back(cluster, r, &previous, failure, steps::Clock::open(started)).await,
-        );
-    }
-    let names = cluster.names();
-    // A batch of zero hosts would never finish; at least one host per batch.
-    let per = r.plan.batch.of(names.len()).max(1);
-    let mut switched: Vec<String> = Vec::new();
-    let mut warnings = Vec::new();
-    for batch in names.chunks(per) {
-        let hosts = cluster.subset(batch);
-        switched.extend(batch.iter().cloned());
-        if let Err(failure) = one_batch(&hosts, r, &previous).await {
-            let undo = match r.plan.on_failure {
-                OnFailure::RollbackAll => cluster.subset(&switched),
-                OnFailure::RollbackBatch => hosts,
-            };
-            let kept: Vec<String> = switched
-                .iter()
-                .filter(|h| !batch.contains(h) && r.plan.on_failure == OnFailure::RollbackBatch)
-                .cloned()
-                .collect();
-            let untouched: Vec<String> = names
-                .iter()
-                .filter(|h| !switched.contains(h))
-                .cloned()
-                .collect();
-            // Hosts that keep the new release record it; the rest forget the
-            // staged rollout; then the failed ones go back.
-            steps::record(
-                &cluster.subset(&kept),
-                r,
-                &previous,
-                &states,
-                steps::Clock::open(started),
-            )
-            .await;
-            clear_journals(&cluster.subset(&untouched)).await;
-            return Err(steps::roll_back(
-                &undo,
-                r,
-                &previous,
-                failure,
-                steps::Clock::open(started),
-            )
-            .await);
+/// The rolling program for `action` (deploy or rollback) of `plan`.
+pub fn program(plan: &Plan, action: Action) -> Program {
+    let all = &plan.hosts;
+    let deploy = action == Action::Deploy;
+    let background = plan.workers.is_some() || plan.cron.is_some();
+    let mut p = Program::new(action, "rolling", &plan.environment, &plan.release_id);
+    p.step(Op::Lock { recovery: false }, all).step(
+        Op::Inspect {
+            refuse_canary: true,
+            require: !deploy,
+        },
+        all,
+    );
+    if deploy {
+        p.step(Op::Stage, all);
+        if let Some(hook) = &plan.hook {
+            p.step(
+                Op::Hook {
+                    command: hook.command.clone(),
+                    timeout: hook.timeout,
+                },
+                std::slice::from_ref(&hook.host),
+            );
         }
     }
-    warnings
-        .extend(steps::record(cluster, r, &previous, &states, steps::Clock::open(started)).await);
-    Ok(Report {
-        release: r.plan.release_id.clone(),
-        previous: previous.values().next().cloned().flatten(),
-        closed_window: std::time::Duration::ZERO,
-        duration: started.elapsed(),
-        warnings,
-    })
-}
-
-async fn one_batch(
-    hosts: &Cluster,
-    r: &Rollout,
-    previous: &steps::PerHost<Option<String>>,
-) -> Result<(), steps::StepFailure> {
-    steps::background(hosts, r, previous, false).await?;
-    steps::switch(hosts, r, previous).await?;
-    if let Some(health) = &r.plan.health {
-        steps::health_check(hosts, r, health).await?;
+    // A batch of zero hosts would never finish; at least one host per batch.
+    let per = plan.batch.of(all.len()).max(1);
+    let mut recorded: Vec<String> = Vec::new();
+    for batch in all.chunks(per) {
+        switch_and_check(&mut p, plan, batch, background);
+        if plan.on_failure == OnFailure::RollbackBatch {
+            p.step(Op::Commit, batch).step(Op::Record, batch);
+            recorded.extend(batch.iter().cloned());
+        }
     }
-    steps::background(hosts, r, previous, true).await
+    let rest: Vec<String> = all
+        .iter()
+        .filter(|h| !recorded.contains(h))
+        .cloned()
+        .collect();
+    p.step(Op::Commit, &rest)
+        .step(Op::Record, &rest)
+        .step(Op::Unlock, all);
+    p
 }
 
-/// Forgets a staged rollout on hosts it never switched.
-pub(super) async fn clear_journals(cluster: &Cluster) {
-    let _ = cluster
-        .each(|host| host.run("clearing the journal", host.layout.clear_journal()))
-        .await;
+/// Stop, switch, check, start: one batch of a rolling rollout, a canary
+/// stage, or the rest of the hosts on promote.
+pub(super) fn switch_and_check(p: &mut Program, plan: &Plan, hosts: &[String], background: bool) {
+    if background {
+        p.step(Op::Stop, hosts);
+    }
+    p.step(Op::Switch, hosts);
+    if plan.health.is_some() {
+        p.step(Op::Health, hosts);
+    }
+    if background {
+        p.step(Op::Start, hosts);
+    }
 }

@@ -40,6 +40,11 @@ pub struct Journal {
     pub phase: Phase,
     pub hosts: Vec<String>,
     pub updated: String,
+    /// Written once the rollout passed its point of no return on some
+    /// host: `recover` then finishes it instead of undoing it. Absent in
+    /// journals written before this field existed (read as `false`).
+    #[serde(default)]
+    pub committed: bool,
 }
 
 /// A canary in progress, recorded on every host of the environment.
@@ -85,15 +90,7 @@ pub struct HistoryEntry {
     pub closed_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    Deploy,
-    Rollback,
-    Recover,
-    Canary,
-    Promote,
-}
+pub use crate::notify::Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,14 +1,17 @@
-//! The steps every strategy is made of: stage, a phase on some hosts, the
-//! deploy hook, health checks, open-and-record, roll back.
+//! The steps a rollout program is made of, each run on a set of hosts:
+//! inspect, stage, the phases (stop, close, switch, switch back, open,
+//! start), the deploy hook, health checks, record, record back, forget,
+//! the canary record.
 //!
 //! Owns how one step runs on a set of hosts: in parallel (bounded), with a
 //! phase event per host, journaling the phase on each host in the same
-//! script as the step itself (one round trip). Invariants: per-host data is
-//! keyed by host name, so a step can run on any subset of the cluster (a
-//! rolling batch, the canaries); and no step here decides *when* it runs —
-//! that is the strategy's job (`gated.rs`, `rolling.rs`, `canary.rs`).
+//! script as the step itself (one round trip), and reporting each host's
+//! result on its own. Invariants: per-host data is keyed by host name, so a
+//! step runs on any subset of the cluster; and no step here decides *when*
+//! it runs or what happens after it fails — that is the program's
+//! (`program.rs`) and the executor's (`executor.rs`) job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +26,9 @@ use crate::transport::{Script, Unquotable};
 
 /// Per-host values, by host name (as written in the config).
 pub type PerHost<T> = Arc<BTreeMap<String, T>>;
+
+/// Each host a step ran on, in cluster order, with what went wrong there.
+pub type HostResults = Vec<(String, Result<(), String>)>;
 
 /// Secret values, resolved from the deployer's environment. Debug output
 /// never shows a value.
@@ -48,19 +54,18 @@ pub struct Upload {
     pub tar_size: u64,
 }
 
-/// One rollout, ready to run.
-///
-/// A rollback is the same machine without staging or the deploy hook: the
-/// release it switches to is already on every host.
+/// One rollout, ready to run: the settings, who runs it, what it ships.
 pub struct Rollout {
     pub plan: Arc<Plan>,
     pub action: Action,
     /// What to upload and unpack; `None` when the release must already be
-    /// on every host (rollback, promote).
+    /// on every host (rollback, promote, revert, recover).
     pub artifact: Option<Upload>,
     pub secrets: Secrets,
     pub deploy_id: String,
     pub sink: Arc<dyn Sink>,
+    /// Raised by SIGINT/SIGTERM; the executor stops between steps.
+    pub interrupt: super::Interrupt,
 }
 
 /// What a successful rollout did.
@@ -68,17 +73,23 @@ pub struct Rollout {
 pub struct Report {
     pub release: String,
     pub previous: Option<String>,
-    /// How long hosts were closed; zero for strategies that never close
-    /// (rolling, canary).
+    /// How long hosts were closed; zero for programs that never close.
     pub closed_window: Duration,
     pub duration: Duration,
-    /// Things that went wrong after hosts were live on the new release (a
-    /// worker that would not start): reported, but the release is live.
-    pub warnings: Vec<String>,
 }
 
-/// A failed step: the phase and what went wrong (per host, joined).
-pub type StepFailure = (Phase, String);
+/// What every step needs besides its hosts.
+#[derive(Clone)]
+pub struct StepCtx {
+    pub plan: Arc<Plan>,
+    pub action: Action,
+    pub deploy_id: String,
+    pub sink: Arc<dyn Sink>,
+    /// What each host ran before this rollout.
+    pub previous: PerHost<Option<String>>,
+    /// Hosts past the program's point of no return: their journal says so.
+    pub committed: Arc<BTreeSet<String>>,
+}
 
 /// The states read at the start, by host.
 pub fn by_host<T: Clone>(cluster: &Cluster, values: &[T]) -> PerHost<T> {
@@ -92,17 +103,24 @@ pub fn by_host<T: Clone>(cluster: &Cluster, values: &[T]) -> PerHost<T> {
     )
 }
 
-/// A journal left behind means a rollout died half way; starting another
-/// on top would lose track of what the hosts ran before it.
+/// Reads every host of `cluster`, and refuses what must not be run over:
+/// a journal (a rollout died half way; starting another on top would lose
+/// track of what the hosts ran before it), a canary in progress (the hosts
+/// would end up on three releases) when `refuse_canary`, and a host
+/// without `release` when `require` is set (rollback, promote).
 ///
 /// # Errors
-/// [`RolloutError::Interrupted`] naming the first such host.
-pub fn refuse_interrupted(
+/// [`RolloutError::Interrupted`], [`RolloutError::CanaryInProgress`] or
+/// [`RolloutError::NoRollbackTarget`], naming the first such host; a
+/// transport error when a host cannot be read.
+pub async fn inspect(
     cluster: &Cluster,
-    states: &[HostState],
     environment: &str,
-) -> Result<(), RolloutError> {
-    for (host, state) in cluster.hosts.iter().zip(states) {
+    release: &str,
+    (refuse_canary, require): (bool, bool),
+) -> Result<Vec<HostState>, RolloutError> {
+    let states = cluster.read_state().await?;
+    for (host, state) in cluster.hosts.iter().zip(&states) {
         if let Some(journal) = &state.journal {
             let (deploy_id, phase) = match journal {
                 Ok(j) => (j.deploy_id.clone(), j.phase),
@@ -116,27 +134,20 @@ pub fn refuse_interrupted(
             });
         }
     }
-    Ok(())
-}
-
-/// Instead of staging (rollback, promote): the release must be on every host.
-///
-/// # Errors
-/// [`RolloutError::NoRollbackTarget`] naming the first host without it.
-pub fn require_release(
-    cluster: &Cluster,
-    states: &[HostState],
-    release: &str,
-) -> Result<(), RolloutError> {
-    for (host, state) in cluster.hosts.iter().zip(states) {
-        if !state.releases.iter().any(|r| r == release) {
-            return Err(RolloutError::NoRollbackTarget {
-                host: host.name().to_owned(),
-                reason: format!("release {release} is not there (pruned, or never deployed)"),
-            });
+    if refuse_canary {
+        super::canary::refuse_canary(&states, environment)?;
+    }
+    if require {
+        for (host, state) in cluster.hosts.iter().zip(&states) {
+            if !state.releases.iter().any(|r| r == release) {
+                return Err(RolloutError::NoRollbackTarget {
+                    host: host.name().to_owned(),
+                    reason: format!("release {release} is not there (pruned, or never deployed)"),
+                });
+            }
         }
     }
-    Ok(())
+    Ok(states)
 }
 
 /// How `host` installs packages, when releases ship as `.deb`.
@@ -158,116 +169,74 @@ fn dpkg(plan: &Plan, host: &Host) -> Option<super::layout::Dpkg> {
 
 /// Everything slow, while the old release keeps serving: upload, verify,
 /// unpack beside the live release, link shared paths, write the env file.
-///
-/// # Errors
-/// [`RolloutError::Staging`] listing every host that failed; nothing that
-/// serves traffic was changed on any host.
+/// Nothing that serves traffic changes.
 pub async fn stage(
     cluster: &Cluster,
-    r: &Rollout,
+    ctx: &StepCtx,
     artifact: &Upload,
-    previous: &PerHost<Option<String>>,
-) -> Result<(), RolloutError> {
-    let env_file = Arc::new(env_file(&r.plan, &r.secrets, &r.deploy_id));
-    let (plan, artifact, sink) = (Arc::clone(&r.plan), artifact.clone(), Arc::clone(&r.sink));
-    let (deploy_id, previous) = (r.deploy_id.clone(), Arc::clone(previous));
-    let results = each_timed(cluster, &r.sink, Phase::Stage, move |host| {
-        let dpkg = dpkg(&plan, host);
+    secrets: &Secrets,
+) -> HostResults {
+    let env_file = Arc::new(env_file(&ctx.plan, secrets, &ctx.deploy_id));
+    let (c, artifact) = (ctx.clone(), artifact.clone());
+    let results = each_timed(cluster, &ctx.sink, Phase::Stage, move |host| {
+        let dpkg = dpkg(&c.plan, host);
         let remote = match dpkg {
             Some(_) => host.layout.incoming_deb(&artifact.sha256),
             None => host.layout.incoming(&artifact.sha256),
         };
         let name = host.name().to_owned();
         let total = artifact.size;
-        let progress = |sent: u64| sink.progress(&name, sent, total);
+        let progress = |sent: u64| c.sink.progress(&name, sent, total);
         host.transport.upload(&artifact.path, &remote, &progress)?;
         let script = host.layout.stage(&Stage {
-            release: &plan.release_id,
+            release: &c.plan.release_id,
             sha256: &artifact.sha256,
             tar_size: artifact.tar_size,
-            shared_dirs: &plan.shared.dirs,
-            shared_files: &plan.shared.files,
+            shared_dirs: &c.plan.shared.dirs,
+            shared_files: &c.plan.shared.files,
             dpkg: dpkg.as_ref(),
         });
-        let journal = journal(&plan, &deploy_id, prev(&previous, host), Phase::Stage);
-        let script = join(host, script, host.layout.write_journal(&journal))?;
+        let script = join(
+            host,
+            script,
+            host.layout.write_journal(&journal(&c, host, Phase::Stage)),
+        )?;
         let mut input = std::io::Cursor::new(env_file.as_bytes().to_vec());
         host.transport
             .run_with("staging", &script, Some(&mut input), None)?;
         Ok(())
     })
     .await;
-    let failed: Vec<(String, String)> = results
-        .iter()
-        .zip(&cluster.hosts)
-        .filter_map(|(res, host)| {
-            res.as_ref()
-                .err()
-                .map(|e| (host.name().to_owned(), e.to_string()))
-        })
-        .collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    // Staged releases stay (a retry reuses them); the journals go, because
-    // nothing that serves traffic was touched.
-    let _ = cluster
-        .each(|host| host.run("clearing the journal", host.layout.clear_journal()))
-        .await;
-    Err(RolloutError::Staging {
-        failed: failed.iter().map(|(h, _)| h.clone()).collect(),
-        errors: failed.into_iter().map(|(_, e)| e).collect(),
-    })
+    named(cluster, results)
 }
 
 /// Runs one phase's script on every host of `cluster`, journaling the phase
 /// with it.
-///
-/// # Errors
-/// The phase and every host's error.
-pub async fn phase<F>(
-    cluster: &Cluster,
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
-    phase: Phase,
-    script: F,
-) -> Result<(), StepFailure>
+pub async fn phase<F>(cluster: &Cluster, ctx: &StepCtx, phase: Phase, script: F) -> HostResults
 where
     F: Fn(&Host) -> Result<Script, Unquotable> + Send + Sync + 'static,
 {
-    let (plan, id, previous) = (
-        Arc::clone(&r.plan),
-        r.deploy_id.clone(),
-        Arc::clone(previous),
-    );
-    let results = each_timed(cluster, &r.sink, phase, move |host| {
-        let journal = journal(&plan, &id, prev(&previous, host), phase);
-        let script = join(host, script(host), host.layout.write_journal(&journal))?;
+    let c = ctx.clone();
+    let results = each_timed(cluster, &ctx.sink, phase, move |host| {
+        let script = join(
+            host,
+            script(host),
+            host.layout.write_journal(&journal(&c, host, phase)),
+        )?;
         host.transport.run(phase.as_str(), &script)?;
         Ok(())
     })
     .await;
-    first_failure(phase, &results)
+    named(cluster, results)
 }
 
 /// Stops (or starts) workers and cron in the live release of every host.
-///
-/// # Errors
-/// The phase and every host's error.
-pub async fn background(
-    cluster: &Cluster,
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
-    start: bool,
-) -> Result<(), StepFailure> {
-    let plan = Arc::clone(&r.plan);
-    if plan.workers.is_none() && plan.cron.is_none() {
-        return Ok(());
-    }
-    let env = Arc::new(hook_env(&plan, &r.deploy_id));
+pub async fn background(cluster: &Cluster, ctx: &StepCtx, start: bool) -> HostResults {
+    let plan = Arc::clone(&ctx.plan);
+    let env = Arc::new(hook_env(&plan, &ctx.deploy_id));
     let which = if start { Phase::Start } else { Phase::Stop };
-    let id = r.deploy_id.clone();
-    phase(cluster, r, previous, which, move |host| {
+    let id = ctx.deploy_id.clone();
+    phase(cluster, ctx, which, move |host| {
         let mut script = Script::new();
         let jobs = [
             (&plan.workers, ["workers-stop", "workers-start"]),
@@ -293,52 +262,44 @@ pub async fn background(
 }
 
 /// Switches `current` on every host of `cluster` to the plan's release.
-///
-/// # Errors
-/// The phase and every host's error.
-pub async fn switch(
-    cluster: &Cluster,
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
-) -> Result<(), StepFailure> {
+pub async fn switch(cluster: &Cluster, ctx: &StepCtx) -> HostResults {
     let (release, id, copy_back) = (
-        r.plan.release_id.clone(),
-        r.deploy_id.clone(),
-        r.plan.copy_back.clone(),
+        ctx.plan.release_id.clone(),
+        ctx.deploy_id.clone(),
+        ctx.plan.copy_back.clone(),
     );
-    phase(cluster, r, previous, Phase::Switch, move |host| {
+    phase(cluster, ctx, Phase::Switch, move |host| {
         let script = host.layout.copy_back(&release, &copy_back)?;
         Ok(script.then(&host.layout.switch(Some(&release), &id)?))
     })
     .await
 }
 
-/// The deploy hook on exactly one host, in `dir` (the new release).
-///
-/// # Errors
-/// The hook phase and what the hook printed last.
-pub async fn run_hook(
-    cluster: &Cluster,
-    r: &Rollout,
-    hook: &crate::plan::Hook,
-) -> Result<(), StepFailure> {
-    let host = cluster
-        .hosts
-        .iter()
-        .find(|h| h.name() == hook.host)
-        .cloned()
-        .ok_or_else(|| {
-            (
-                Phase::Hook,
-                format!("the hook host {} is not in the cluster", hook.host),
-            )
-        })?;
-    let env = hook_env(&r.plan, &r.deploy_id);
-    let (sink, command, timeout) = (Arc::clone(&r.sink), hook.command.clone(), hook.timeout);
-    let release = r.plan.release_id.clone();
-    let started = Instant::now();
-    let deploy_id = r.deploy_id.clone();
-    let result = tokio::task::spawn_blocking(move || {
+/// Switches `current` on every host of `cluster` back to what it ran
+/// before this rollout (no release at all, for a first deploy).
+pub async fn switch_back(cluster: &Cluster, ctx: &StepCtx) -> HostResults {
+    let (previous, id) = (Arc::clone(&ctx.previous), ctx.deploy_id.clone());
+    phase(cluster, ctx, Phase::Rollback, move |host| {
+        host.layout.switch(prev(&previous, host).as_deref(), &id)
+    })
+    .await
+}
+
+/// The deploy hook on exactly one host, in the new release, with its
+/// output streamed as events.
+pub async fn run_hook(cluster: &Cluster, ctx: &StepCtx, hook: &crate::plan::Hook) -> HostResults {
+    let one = cluster.subset(std::slice::from_ref(&hook.host));
+    if one.hosts.is_empty() {
+        return vec![(
+            hook.host.clone(),
+            Err(format!("the hook host {} is not in the cluster", hook.host)),
+        )];
+    }
+    let env = Arc::new(hook_env(&ctx.plan, &ctx.deploy_id));
+    let (sink, command, timeout) = (Arc::clone(&ctx.sink), hook.command.clone(), hook.timeout);
+    let release = ctx.plan.release_id.clone();
+    let deploy_id = ctx.deploy_id.clone();
+    let results = each_timed(&one, &ctx.sink, Phase::Hook, move |host| {
         let dir = host.layout.release(&release);
         let name = host.name().to_owned();
         let label = format!("the deploy hook `{command}`");
@@ -353,76 +314,48 @@ pub async fn run_hook(
             env: &env,
             command: &command,
         };
-        super::remote::run_supervised(&host, &cmd, &mut |line| {
+        super::remote::run_supervised(host, &cmd, &mut |line| {
             sink.emit(&Event::Output {
                 host: name.clone(),
                 line: line.to_owned(),
             });
-        })
+        })?;
+        Ok(())
     })
-    .await
-    .unwrap_or_else(|_| Err(super::Panicked.into()));
-    match result {
-        Ok(()) => {
-            r.sink.emit(&Event::HostPhase {
-                host: hook.host.clone(),
-                phase: Phase::Hook,
-                took: started.elapsed(),
-            });
-            Ok(())
-        }
-        Err(e) => {
-            r.sink.emit(&Event::HostFailed {
-                host: hook.host.clone(),
-                phase: Phase::Hook,
-                error: e.to_string(),
-            });
-            Err((Phase::Hook, e.to_string()))
-        }
-    }
+    .await;
+    named(&one, results)
 }
 
 /// Every host of `cluster` healthy on the plan's release.
-///
-/// # Errors
-/// The health phase and every failing host's last answer.
-pub async fn health_check(
-    cluster: &Cluster,
-    r: &Rollout,
-    health: &Health,
-) -> Result<(), StepFailure> {
+pub async fn health_check(cluster: &Cluster, ctx: &StepCtx, health: &Health) -> HostResults {
     let (health, env, release, id) = (
         health.clone(),
-        Arc::new(hook_env(&r.plan, &r.deploy_id)),
-        r.plan.release_id.clone(),
-        r.deploy_id.clone(),
+        Arc::new(hook_env(&ctx.plan, &ctx.deploy_id)),
+        ctx.plan.release_id.clone(),
+        ctx.deploy_id.clone(),
     );
-    let results = each_timed(cluster, &r.sink, Phase::Health, move |host| {
+    let results = each_timed(cluster, &ctx.sink, Phase::Health, move |host| {
         super::health::check(host, &health, &id, &host.layout.release(&release), &env)
     })
     .await;
-    first_failure(Phase::Health, &results)
+    named(cluster, results)
 }
 
-/// After the release is live on `cluster`: record history, prune, clear
-/// the journal. Returns warnings, never fails. `clock` says how long the
-/// rollout took and how long hosts were closed, for the history line.
+/// Once the release is live on `cluster`: record history, prune, clear
+/// the journal. `clock` says how long the rollout took and how long hosts
+/// were closed, for the history line.
 pub async fn record(
     cluster: &Cluster,
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
+    ctx: &StepCtx,
     states: &PerHost<HostState>,
+    artifact_sha256: &str,
     clock: Clock,
-) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let entries = history(r, previous, Outcome::Success, clock);
-    let (plan, states, previous) = (
-        Arc::clone(&r.plan),
-        Arc::clone(states),
-        Arc::clone(previous),
-    );
-    let results = each_timed(cluster, &r.sink, Phase::Record, move |host| {
+) -> HostResults {
+    let entries = history(ctx, artifact_sha256, Outcome::Success, clock);
+    let (c, states) = (ctx.clone(), Arc::clone(states));
+    let results = each_timed(cluster, &ctx.sink, Phase::Record, move |host| {
         let state = states.get(host.name()).cloned().unwrap_or_default();
+        let plan = &c.plan;
         let mut releases = vec![plan.release_id.clone()];
         releases.extend(
             state
@@ -435,16 +368,13 @@ pub async fn record(
             &releases,
             plan.keep_releases,
             Some(&plan.release_id),
-            prev(&previous, host).as_deref(),
+            prev(&c.previous, host).as_deref(),
             &state.pinned,
         );
-        let mut script = host
-            .layout
-            .record(&entries[host.name()])
-            .map_err(|e| host.transport.unquotable(e))?;
         let extra = |s: Result<Script, Unquotable>| s.map_err(|e| host.transport.unquotable(e));
+        let mut script = extra(host.layout.record(&entries[host.name()]))?;
         if !doomed.is_empty() {
-            let prune = match dpkg(&plan, host) {
+            let prune = match dpkg(plan, host) {
                 Some(dpkg) => host.layout.prune_packages(&doomed, &dpkg),
                 None => host.layout.prune(&doomed),
             };
@@ -455,53 +385,84 @@ pub async fn record(
         Ok(())
     })
     .await;
-    warnings.extend(
-        results
-            .into_iter()
-            .filter_map(Result::err)
-            .map(|e| e.to_string()),
-    );
-    warnings
+    named(cluster, results)
 }
 
-/// Puts every reachable host of `cluster` back on its previous release,
-/// opens it, records the failure and restarts background work. Returns the
-/// error that says where everything ended up.
-pub async fn roll_back(
+/// After an undo: records on each host that this rollout went back, and
+/// clears its journal.
+pub async fn record_back(
     cluster: &Cluster,
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
-    (phase, cause): StepFailure,
+    ctx: &StepCtx,
+    artifact_sha256: &str,
     clock: Clock,
-) -> RolloutError {
-    let entries = history(r, previous, Outcome::RolledBack, clock);
-    let (prev_map, id) = (Arc::clone(previous), r.deploy_id.clone());
-    let results = each_timed(cluster, &r.sink, Phase::Rollback, move |host| {
+) -> HostResults {
+    let entries = history(ctx, artifact_sha256, Outcome::RolledBack, clock);
+    let results = each_timed(cluster, &ctx.sink, Phase::Record, move |host| {
         let script = host
             .layout
-            .switch(prev(&prev_map, host).as_deref(), &id)
-            .and_then(|s| Ok(s.then(&host.layout.open()?)))
-            .and_then(|s| Ok(s.then(&host.layout.record(&entries[host.name()])?)))
+            .record(&entries[host.name()])
             .and_then(|s| Ok(s.then(&host.layout.clear_journal()?)))
             .map_err(|e| host.transport.unquotable(e))?;
-        host.transport.run("rolling back", &script)?;
+        host.transport.run("recording the rollback", &script)?;
         Ok(())
     })
     .await;
-    let unreachable: Vec<String> = results
-        .iter()
-        .zip(&cluster.hosts)
-        .filter(|(res, _)| res.is_err())
-        .map(|(_, h)| h.name().to_owned())
-        .collect();
-    let _ = background(cluster, r, previous, true).await;
-    RolloutError::RolledBack {
-        release: r.plan.release_id.clone(),
-        phase,
-        cause,
-        restored_to: previous.values().next().cloned().flatten(),
-        unreachable,
-    }
+    named(cluster, results)
+}
+
+/// Forgets a rollout on hosts where it never changed what they serve.
+pub async fn forget(cluster: &Cluster, ctx: &StepCtx) -> HostResults {
+    simple(cluster, ctx, "clearing the journal", |host| {
+        host.layout.clear_journal()
+    })
+    .await
+}
+
+/// Records the canary on every host of `cluster`, clearing the journal.
+pub async fn write_canary(
+    cluster: &Cluster,
+    ctx: &StepCtx,
+    record: &super::state::CanaryState,
+) -> HostResults {
+    let json = serde_json::to_string(record).expect("canary record serialises");
+    let results = simple(cluster, ctx, "recording the canary", move |host| {
+        Ok(host
+            .layout
+            .write_canary(&json)?
+            .then(&host.layout.clear_journal()?))
+    })
+    .await;
+    let env = &ctx.plan.environment;
+    ctx.sink.emit(&Event::Note {
+        message: format!(
+            "canary: {} of {} hosts on {}; `slipway promote {env}` completes it, `slipway rollback {env}` reverts it",
+            record.switched.len(),
+            ctx.plan.hosts.len(),
+            record.release,
+        ),
+    });
+    results
+}
+
+/// Removes the canary record.
+pub async fn clear_canary(cluster: &Cluster, ctx: &StepCtx) -> HostResults {
+    simple(cluster, ctx, "clearing the canary record", |host| {
+        host.layout.clear_canary()
+    })
+    .await
+}
+
+async fn simple<F>(cluster: &Cluster, ctx: &StepCtx, what: &'static str, script: F) -> HostResults
+where
+    F: Fn(&Host) -> Result<Script, Unquotable> + Send + Sync + 'static,
+{
+    let results = each_timed(cluster, &ctx.sink, Phase::Record, move |host| {
+        let script = script(host).map_err(|e| host.transport.unquotable(e))?;
+        host.transport.run(what, &script)?;
+        Ok(())
+    })
+    .await;
+    named(cluster, results)
 }
 
 /// The release `host` ran before this rollout.
@@ -542,16 +503,13 @@ where
         .await
 }
 
-fn first_failure<T>(phase: Phase, results: &[Result<T, RolloutError>]) -> Result<(), StepFailure> {
-    let errors: Vec<String> = results
-        .iter()
-        .filter_map(|res| res.as_ref().err().map(ToString::to_string))
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err((phase, errors.join("\n")))
-    }
+fn named(cluster: &Cluster, results: Vec<Result<(), RolloutError>>) -> HostResults {
+    cluster
+        .names()
+        .into_iter()
+        .zip(results)
+        .map(|(name, r)| (name, r.map_err(|e| e.to_string())))
+        .collect()
 }
 
 fn join(
@@ -564,15 +522,16 @@ fn join(
     Ok(a.then(&b))
 }
 
-fn journal(plan: &Plan, deploy_id: &str, previous: Option<String>, phase: Phase) -> String {
+fn journal(ctx: &StepCtx, host: &Host, phase: Phase) -> String {
     serde_json::to_string(&Journal {
-        deploy_id: deploy_id.to_owned(),
-        environment: plan.environment.clone(),
-        release: plan.release_id.clone(),
-        previous,
+        deploy_id: ctx.deploy_id.clone(),
+        environment: ctx.plan.environment.clone(),
+        release: ctx.plan.release_id.clone(),
+        previous: prev(&ctx.previous, host),
         phase,
-        hosts: plan.hosts.clone(),
+        hosts: ctx.plan.hosts.clone(),
         updated: now(),
+        committed: ctx.committed.contains(host.name()),
     })
     .expect("journal serialises")
 }
@@ -611,33 +570,27 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// One history line per host (each host records what *it* ran before).
-fn history(
-    r: &Rollout,
-    previous: &PerHost<Option<String>>,
-    outcome: Outcome,
-    clock: Clock,
-) -> PerHost<String> {
+fn history(ctx: &StepCtx, sha256: &str, outcome: Outcome, clock: Clock) -> PerHost<String> {
     let (duration_ms, closed_ms) = (millis(clock.started.elapsed()), clock.closed_ms());
     Arc::new(
-        previous
+        ctx.previous
             .iter()
             .map(|(host, prev)| {
                 let line = serde_json::to_string(&HistoryEntry {
                     time: now(),
-                    deploy_id: r.deploy_id.clone(),
-                    environment: r.plan.environment.clone(),
-                    action: r.action,
-                    release: r.plan.release_id.clone(),
-                    previous: prev.clone(),
-                    commit: r.plan.commit.id.clone(),
-                    sha256: r
-                        .artifact
-                        .as_ref()
-                        .map(|a| a.sha256.clone())
-                        .unwrap_or_default(),
-                    who: r.plan.deployer.clone(),
+                    deploy_id: ctx.deploy_id.clone(),
+                    environment: ctx.plan.environment.clone(),
+                    action: ctx.action,
+                    release: ctx.plan.release_id.clone(),
+                    // A forced redeploy of the live release did not replace
+                    // anything: recording it as its own previous would make
+                    // `rollback` "roll back" to the same release.
+                    previous: prev.clone().filter(|p| *p != ctx.plan.release_id),
+                    commit: ctx.plan.commit.id.clone(),
+                    sha256: sha256.to_owned(),
+                    who: ctx.plan.deployer.clone(),
                     outcome,
-                    subject: Some(r.plan.commit.subject.clone()),
+                    subject: Some(ctx.plan.commit.subject.clone()),
                     duration_ms: Some(duration_ms),
                     closed_ms,
                 })

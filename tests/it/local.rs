@@ -246,12 +246,63 @@ fn building_the_same_commit_twice_gives_the_same_bytes() {
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let (app, hosts) = app_with_hosts("");
-    app.slipway(&["deploy", "production", "--dry-run"])
+    let run = app
+        .slipway(&["deploy", "production", "--dry-run"])
         .success()
-        .contains("deploy shop to production")
-        .contains("switch `current`")
-        .contains(&hosts.toml()[2..20]);
-    assert!(!hosts.root(0).exists());
+        .contains("plan: deploy ")
+        .contains("(undo: switch-back)")
+        .contains("no problems found");
+    assert!(!hosts.root(0).exists(), "a dry run creates nothing");
+    // The plan is the program: the steps the executor will walk, with the
+    // hosts each runs on (their paths filtered out).
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(r"\d{8}T\d{6}Z-[0-9a-f]{7}", "[release]");
+    settings.add_filter(r"commit  [0-9a-f]{7}", "commit  [short]");
+    settings.add_filter(r"local:/[^ \n]*/(web\d)", "local:[tmp]/$1");
+    settings.add_filter(r"path    .*", "path    [deploy_to]");
+    settings.add_filter(r" +\n", "\n");
+    settings.bind(|| insta::assert_snapshot!(run.stdout()));
+}
+
+/// Every path under `root` with its size and modification time.
+fn tree(root: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.path().symlink_metadata().ok()?;
+            Some((e.path().to_path_buf(), meta.len(), meta.modified().ok()?))
+        })
+        .collect()
+}
+
+/// Issue: `--dry-run` contacted no host, so it could not say what is live,
+/// what replaces it or which commits come with it, and it passed with a
+/// missing secret the real deploy then refused.
+#[test]
+fn dry_run_looks_at_the_hosts_and_lists_the_problems_the_deploy_would_hit() {
+    let (app, hosts) = app_with_hosts("");
+    app.slipway(&["deploy", "production"]).success();
+    let live = hosts.current(0).expect("deployed");
+    app.commit("Make the checkout faster", &[("public/index.html", "v2\n")]);
+    app.commit(
+        "Needs the payment key",
+        &[(
+            "slipway.toml",
+            &config(&hosts, "secrets = [\"IT_PAYMENT_KEY_NEVER_SET\"]"),
+        )],
+    );
+    let before = tree(&hosts.root(0));
+    app.slipway(&["deploy", "production", "--dry-run"])
+        .failure(1)
+        .contains(&format!("{live} (open) -> "))
+        .contains("Make the checkout faster")
+        .contains("Needs the payment key")
+        .contains("the secret `IT_PAYMENT_KEY_NEVER_SET` is not set")
+        .contains("nothing was changed on any host");
+    assert_eq!(tree(&hosts.root(0)), before, "the host is as it was");
+    assert_eq!(hosts.current(0).as_deref(), Some(live.as_str()));
 }
 
 #[test]

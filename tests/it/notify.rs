@@ -20,6 +20,7 @@ const API_KEY: &str = "NRAK-SEKRITAPIKEY0123456789";
 
 fn info() -> DeployInfo {
     DeployInfo {
+        action: slipway::notify::Action::Deploy,
         app: "shop".into(),
         environment: "production".into(),
         release: RELEASE.into(),
@@ -47,6 +48,7 @@ fn notifiers(toml_text: &str, env: &[(&str, &str)]) -> Notifiers {
 
 fn started() -> Event {
     Event::Started {
+        action: slipway::notify::Action::Deploy,
         deploy_id: "d42".into(),
         app: "shop".into(),
         environment: "production".into(),
@@ -59,6 +61,7 @@ fn started() -> Event {
 
 fn succeeded() -> Event {
     Event::Succeeded {
+        action: slipway::notify::Action::Deploy,
         deploy_id: "d42".into(),
         release: RELEASE.into(),
         previous: Some(PREVIOUS.into()),
@@ -69,6 +72,7 @@ fn succeeded() -> Event {
 
 fn rolled_back() -> Event {
     Event::Failed {
+        action: slipway::notify::Action::Deploy,
         deploy_id: "d42".into(),
         release: RELEASE.into(),
         error: "the deploy hook `migrate` failed with exit status 7".into(),

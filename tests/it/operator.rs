@@ -86,6 +86,64 @@ fn deploying_the_live_release_again_is_a_no_op_unless_forced() {
     assert_eq!(hosts.history(0).len(), 1, "nothing recorded");
     app.slipway(&["deploy", "production", "--force"]).success();
     assert_eq!(hosts.history(0).len(), 2);
+    assert!(
+        hosts.history(0)[1]["previous"].is_null(),
+        "a forced redeploy never records previous == release: {:?}",
+        hosts.history(0)[1]
+    );
+}
+
+/// A forced redeploy of the live release used to record previous ==
+/// release, so `rollback` "rolled back" to the same release (closing the
+/// site again). It goes to the release before.
+#[test]
+fn rollback_after_a_forced_redeploy_goes_to_the_release_before() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 2);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
+    app.slipway(&["deploy", "production"]).success();
+    let first = hosts.current(0).unwrap();
+    app.commit("v2", &[("index.html", "v2\n")]);
+    app.slipway(&["deploy", "production"]).success();
+    let second = hosts.current(0).unwrap();
+    app.slipway(&["deploy", "production", "--force"]).success();
+    app.slipway(&["rollback", "production"])
+        .success()
+        .contains(&format!("rolled back to {first}"));
+    assert_eq!(hosts.current(1).as_deref(), Some(first.as_str()));
+    assert_ne!(first, second);
+}
+
+/// A commit older than the live one (here: `--ref` to the first commit
+/// after the second is live) used to be deployed silently, rolling
+/// production back. It is refused with the way back, unless --force.
+#[test]
+fn deploying_an_ancestor_of_the_live_commit_is_refused_unless_forced() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 2);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
+    let old = app.head();
+    app.commit("v2", &[("index.html", "v2\n")]);
+    app.slipway(&["deploy", "production"]).success();
+    let live = hosts.current(0).unwrap();
+    app.slipway(&["deploy", "production", "--ref", &old])
+        .failure(1)
+        .contains("would roll production back")
+        .contains("slipway rollback production --to");
+    assert_eq!(
+        hosts.current(0).as_deref(),
+        Some(live.as_str()),
+        "untouched"
+    );
+    app.slipway(&["deploy", "production", "--ref", &old, "--force"])
+        .success();
+    assert_ne!(hosts.current(0).as_deref(), Some(live.as_str()));
 }
 
 /// In CI jobs and containers `$USER` is often unset, and history said the
