@@ -76,10 +76,7 @@ pub fn run_steps(
     on_line: &mut dyn FnMut(&str, &str),
 ) -> Result<(), BuildError> {
     // Outside bwrap, HOME is a fresh directory of its own, removed after.
-    let home = tempfile::Builder::new()
-        .prefix("slipway-build-home-")
-        .tempdir()
-        .map_err(BuildError::Home)?;
+    let home = crate::scratch::dir("build-home").map_err(BuildError::Home)?;
     for step in steps {
         run_step(dir, step, sandbox, home.path(), env, on_line)?;
     }

@@ -17,6 +17,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod plan;
 pub mod rollout;
+pub mod scratch;
 pub mod source;
 pub mod transport;
 pub mod trigger;

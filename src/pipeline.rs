@@ -53,10 +53,7 @@ pub fn build(
     out_dir: &Path,
     on_line: &mut dyn FnMut(&str, &str),
 ) -> Result<Artifact, PipelineError> {
-    let work = tempfile::Builder::new()
-        .prefix("slipway-build-")
-        .tempdir()
-        .map_err(PipelineError::TempDir)?;
+    let work = crate::scratch::dir("build").map_err(PipelineError::TempDir)?;
     repo.export(&target.commit.id, work.path())?;
     let env = vec![
         ("SLIPWAY_APP".to_owned(), target.config.app.name.clone()),

@@ -563,9 +563,7 @@ fn object_overlay(
         }
         list.push(b'\n');
     }
-    let overlay = tempfile::Builder::new()
-        .prefix("slipway-objects-")
-        .tempdir()?;
+    let overlay = crate::scratch::dir("objects")?;
     fs::create_dir(overlay.path().join("info"))?;
     fs::write(overlay.path().join("info").join("alternates"), list)?;
     let object_hash = repo.to_thread_local().object_hash();

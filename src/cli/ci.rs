@@ -131,6 +131,7 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         wait: None,
         branch: None,
         force: false,
+        json: false,
     };
     let opened = std::sync::atomic::AtomicBool::new(false);
     let stage = |name: &str| {
@@ -148,8 +149,8 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         a.endgroup();
     }
     let outcome = match &result {
-        Ok(Some(report)) => Outcome::Deployed(report.clone()),
-        Ok(None) => Outcome::DryRun,
+        Ok(Some(super::deploy::Done::Deployed(report))) => Outcome::Deployed(report.clone()),
+        Ok(_) => Outcome::DryRun,
         Err(e) => Outcome::Failed(format!("{e:#}")),
     };
     tracker
@@ -180,11 +181,11 @@ pub async fn ci(ctx: &Context, args: &CiArgs) -> anyhow::Result<u8> {
         }
     }
     match result {
-        Ok(Some(report)) => {
+        Ok(Some(super::deploy::Done::Deployed(report))) => {
             ctx.out.result(&format!("deployed {}", report.release));
             Ok(exit::OK)
         }
-        Ok(None) => Ok(exit::OK),
+        Ok(_) => Ok(exit::OK),
         Err(e) => Err(e),
     }
 }

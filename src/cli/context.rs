@@ -76,8 +76,8 @@ impl Context {
                 ssh_config: cli.ssh_config.clone(),
                 jump: cli.jump.clone(),
                 connect_timeout: cli.connect_timeout,
+                keepalive: cli.keepalive,
                 command_timeout: cli.command_timeout,
-                ..ConnectOptions::default()
             },
             out: Arc::new(Console::new(cli.quiet, cli.verbose)),
             pins,

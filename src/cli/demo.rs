@@ -54,6 +54,7 @@ pub async fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<u8> {
         wait: None,
         branch: None,
         force: false,
+        json: false,
     };
 
     ctx.out

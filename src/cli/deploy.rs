@@ -45,6 +45,32 @@ pub struct DeployArgs {
     /// behind its upstream.
     #[arg(long, env = "SLIPWAY_FORCE", value_parser = clap::builder::FalseyValueParser::new())]
     pub force: bool,
+    /// Print one JSON document on stdout when done (the outcome, or with
+    /// --dry-run the plan and the problems found); progress stays on
+    /// stderr. Fields: README, "Scripting with --json".
+    #[arg(long, env = "SLIPWAY_JSON", value_parser = clap::builder::FalseyValueParser::new())]
+    pub json: bool,
+}
+
+/// `deploy --json`: what happened, for scripts. Fields only ever get added.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Outcome {
+    pub environment: String,
+    pub release: String,
+    /// `deployed`, `already-live`, `dry-run`, `failed`, `usage`,
+    /// `rolled-back`, `attention`, `locked`.
+    pub outcome: &'static str,
+    pub exit_code: u8,
+    pub previous: Option<String>,
+    pub closed_window_s: Option<f64>,
+    pub duration_s: Option<f64>,
+    pub error: Option<String>,
+    /// With --dry-run: the plan that would run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Program>,
+    /// With --dry-run: every problem the real run would hit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +117,47 @@ impl From<FormatArg> for ArtifactFormat {
 }
 
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
+    if !args.json {
+        return deploy_as_told(ctx, &args, &mut Outcome::default()).await;
+    }
+    // Results for people go to stderr; stdout carries the one document.
+    ctx.out.results_to_stderr();
+    let mut outcome = Outcome {
+        environment: args.environment.clone(),
+        ..Outcome::default()
+    };
+    let result = deploy_as_told(ctx, &args, &mut outcome).await;
+    match &result {
+        Ok(code) => {
+            outcome.exit_code = *code;
+            if outcome.outcome.is_empty() {
+                outcome.outcome = "deployed";
+            }
+        }
+        Err(e) => {
+            let code = super::exit_code(e);
+            outcome.exit_code = code;
+            outcome.outcome = match code {
+                exit::USAGE => "usage",
+                exit::ROLLED_BACK => "rolled-back",
+                exit::ATTENTION => "attention",
+                exit::LOCKED => "locked",
+                _ => "failed",
+            };
+            outcome.error = Some(format!("{e:#}"));
+        }
+    }
+    super::output::out_line(&serde_json::to_string_pretty(&outcome)?);
+    result
+}
+
+async fn deploy_as_told(
+    ctx: &Context,
+    args: &DeployArgs,
+    outcome: &mut Outcome,
+) -> anyhow::Result<u8> {
     let mut loaded = ctx.load(&args.environment, args.git_ref.as_deref())?;
+    outcome.release = crate::plan::release_id(&loaded.commit);
     if let Some(branch) = &args.branch {
         loaded.branch.clone_from(branch);
     }
@@ -105,11 +171,34 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<u8> {
         if let Some(reason) = already_there_in(&loaded, &args.environment, &states) {
             ctx.out
                 .result(&format!("{reason} (--force deploys it again)"));
+            outcome.outcome = "already-live";
             return Ok(exit::OK);
         }
         refuse_going_backwards(&loaded, &args.environment, &states)?;
     }
-    deploy_loaded(ctx, &loaded, &args).await
+    let sink = Arc::clone(&ctx.out) as Arc<dyn Sink>;
+    let report = execute(ctx, &loaded, args, sink, &|_| {}).await?;
+    match report {
+        Some(Done::Deployed(report)) => {
+            outcome.previous.clone_from(&report.previous);
+            outcome.closed_window_s = Some(report.closed_window.as_secs_f64());
+            outcome.duration_s = Some(report.duration.as_secs_f64());
+            Ok(finish(ctx, &report))
+        }
+        Some(Done::DryRun(program)) => {
+            outcome.outcome = "dry-run";
+            outcome.plan = Some(program);
+            Ok(exit::OK)
+        }
+        None => Ok(exit::OK),
+    }
+}
+
+/// What `execute` did when it did not fail.
+pub enum Done {
+    Deployed(Report),
+    /// The dry run found no problem; this is the plan it printed.
+    DryRun(Program),
 }
 
 /// A commit older than the live one (an ancestor of it) would silently
@@ -206,11 +295,14 @@ pub async fn deploy_loaded(
     args: &DeployArgs,
 ) -> anyhow::Result<u8> {
     let sink = Arc::clone(&ctx.out) as Arc<dyn Sink>;
-    let report = execute(ctx, loaded, args, sink, &|_| {}).await?;
-    Ok(report.map_or(exit::OK, |report| finish(ctx, &report)))
+    match execute(ctx, loaded, args, sink, &|_| {}).await? {
+        Some(Done::Deployed(report)) => Ok(finish(ctx, &report)),
+        _ => Ok(exit::OK),
+    }
 }
 
-/// Builds and rolls out; `None` for a dry run. `stage` is told when the
+/// Builds and rolls out, or with --dry-run looks (an error when the look
+/// found problems). `stage` is told when the
 /// build and the rollout begin (CI groups its log by them).
 pub async fn execute(
     ctx: &Context,
@@ -218,7 +310,7 @@ pub async fn execute(
     args: &DeployArgs,
     sink: Arc<dyn Sink>,
     stage: &dyn Fn(&str),
-) -> anyhow::Result<Option<Report>> {
+) -> anyhow::Result<Option<Done>> {
     let env = loaded.config.environment(&args.environment)?;
     let mut plan = plan::plan(
         &loaded.config,
@@ -237,10 +329,11 @@ pub async fn execute(
         ctx.out.result(preview.text.trim_end());
         anyhow::ensure!(
             preview.problems.is_empty(),
-            "the dry run found {} problem(s) the real deploy would hit (listed above)",
-            preview.problems.len()
+            "the dry run found {} problem(s) the real deploy would hit:\n  - {}",
+            preview.problems.len(),
+            preview.problems.join("\n  - ")
         );
-        return Ok(None);
+        return Ok(Some(Done::DryRun(program)));
     }
     let secrets = resolve_secrets(&plan)?;
     let deploy_id = deploy_id();
@@ -253,9 +346,7 @@ pub async fn execute(
         None => sink,
     };
     stage("build");
-    let workdir = tempfile::Builder::new()
-        .prefix("slipway-artifact-")
-        .tempdir()?;
+    let workdir = crate::scratch::dir("artifact")?;
     let artifact = match &args.artifact {
         Some(path) => prebuilt(
             ctx,
@@ -306,7 +397,7 @@ pub async fn execute(
     // The notifiers can only finish once the rollout's sink is gone.
     drop(rollout);
     super::notify::finish(ctx, notifiers).await;
-    Ok(Some(result?))
+    Ok(Some(Done::Deployed(result?)))
 }
 
 /// What `--dry-run` prints: the commit and release, then the program the

@@ -154,6 +154,7 @@ async fn post_receive(ctx: &Context, args: &PostReceiveArgs) -> anyhow::Result<u
             wait: Some(PUSH_LOCK_WAIT),
             branch: Some(branch.clone()),
             force: false,
+            json: false,
         };
         if args.detach && !deploy_args.dry_run {
             let log = detach(ctx, &deploy_args)?;
@@ -424,10 +425,14 @@ fn install(ctx: &Context, args: &InstallArgs) -> anyhow::Result<u8> {
             ));
         }
         let script = text.replace("SLIPWAY_BIN=\"${SLIPWAY_BIN:-slipway}\"", &bin_line);
-        let tmp = hooks.join(format!(".{name}.slipway"));
-        std::fs::write(&tmp, script)?;
-        set_executable(&tmp)?;
-        std::fs::rename(&tmp, &path)?;
+        // Written beside the hook and renamed over it; removed (by its
+        // guard) if anything fails first, so no stray file is left.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.slipway"))
+            .tempfile_in(&hooks)?;
+        std::io::Write::write_all(&mut tmp, script.as_bytes())?;
+        set_executable(tmp.path())?;
+        tmp.persist(&path)?;
     }
     ctx.out.result(&format!(
         "installed slipway's pre-receive and post-receive hooks in {}",

@@ -108,6 +108,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLIPWAY_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: std::time::Duration,
 
+    /// How often an idle SSH connection asks the host whether it is still
+    /// there (e.g. "5s"). A host that answers nothing for this plus
+    /// --connect-timeout is declared lost, once, and not tried again in
+    /// this run.
+    #[arg(long, global = true, env = "SLIPWAY_KEEPALIVE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub keepalive: std::time::Duration,
+
     /// Upper bound for any one remote command, except the deploy hook,
     /// which has its own `hook_timeout` (e.g. "10m").
     #[arg(long, global = true, env = "SLIPWAY_COMMAND_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -219,6 +226,10 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging();
+    // What runs killed outright left in the temp dir (see scratch.rs).
+    for gone in crate::scratch::sweep(&crate::scratch::bases()) {
+        tracing::debug!("removed {}, left by a run that is gone", gone.display());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -38,6 +38,8 @@ pub struct Console {
     stdout: bool,
     bars: Option<MultiProgress>,
     uploads: Mutex<HashMap<String, ProgressBar>>,
+    /// Set by `--json`: stdout carries only the JSON document.
+    results_on_stderr: std::sync::atomic::AtomicBool,
 }
 
 impl Console {
@@ -56,6 +58,7 @@ impl Console {
             stdout,
             bars: interactive.then(MultiProgress::new),
             uploads: Mutex::new(HashMap::new()),
+            results_on_stderr: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -66,9 +69,22 @@ impl Console {
         }
     }
 
-    /// A result; always printed, on stdout.
+    /// A result; always printed, on stdout (stderr under `--json`).
     pub fn result(&self, line: &str) {
-        out_line(line);
+        if self
+            .results_on_stderr
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.line(line);
+        } else {
+            out_line(line);
+        }
+    }
+
+    /// From now on stdout is kept for one JSON document.
+    pub fn results_to_stderr(&self) {
+        self.results_on_stderr
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn error(&self, message: &str) {

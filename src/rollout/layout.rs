@@ -169,6 +169,9 @@ impl Layout {
             "the uploaded artifact does not unpack to the {} bytes slipway wrote; refusing to unpack it",
             stage.tar_size
         );
+        let unpack_failed = format!(
+            "release {id} could not be unpacked (tar says why above; \"No space left on device\" means the disk is full); what was unpacked and the upload were removed"
+        );
         let odd = format!(
             "release {id} unpacked with a setuid/setgid/sticky or world-writable entry, a hard link or a special file; refusing it"
         );
@@ -184,8 +187,8 @@ impl Layout {
                 [&incoming, &bigger, &size, &wrong_size],
             )?
             .line(
-                "(umask 022; gzip -dc -- {} | head -c {} | tar -xf - -C {} --no-same-owner --no-same-permissions)",
-                [&incoming, &size, &staging],
+                "if ! (umask 022; gzip -dc -- {} | head -c {} | tar -xf - -C {} --no-same-owner --no-same-permissions); then printf '%s\\n' {} >&2; exit 1; fi",
+                [&incoming, &size, &staging, &unpack_failed],
             )?
             .line(
                 "if [ -n \"$(find {} -mindepth 1 ! -type l \\( -perm /7002 -o \\( ! -type f ! -type d \\) -o \\( -type f -links +1 \\) \\) -print | head -n 1)\" ]; then rm -rf {}; printf '%s\\n' {} >&2; exit 65; fi",
@@ -199,7 +202,7 @@ impl Layout {
             )?
             .then(&write_nofollow(&staging, ".slipway-artifact", stage.sha256)?)
             .cmd(["mv", &staging, &release])?;
-        self.verified_unless_staged(stage, "artifact", &incoming, &unpack)
+        self.verified_unless_staged(stage, "artifact", &incoming, Some(&staging), &unpack)
     }
 
     /// [`Layout::stage`] for a Debian package: verify, `dpkg --install`
@@ -258,17 +261,30 @@ impl Layout {
             ".slipway-artifact",
             stage.sha256,
         )?);
-        self.verified_unless_staged(stage, "package", &incoming, &install)
+        self.verified_unless_staged(stage, "package", &incoming, None, &install)
     }
 
-    /// What staging a tarball and a package share: verify the upload's
+    /// What staging a tarball and a package share: clean up after earlier
+    /// runs and arrange to clean up after this one; verify the upload's
     /// sha256; run `body` unless the release was already staged from the
     /// same bytes; write the env file from stdin; drop the upload.
+    ///
+    /// Cleaning up: the upload and `scratch` (the staging directory) are
+    /// removed when the script ends, whether it failed, was stopped or
+    /// succeeded (by then the staging directory was renamed into place),
+    /// so a failure, a full disk included, leaves no bytes behind. Before
+    /// anything else, what killed or failed runs left is removed: every
+    /// other file in `.slipway/incoming/` (uploads and partial uploads) and
+    /// every `releases/.<id>.staging` directory. Both are scratch by name
+    /// (no release is ever called `.<id>.staging`), the lock keeps any
+    /// other rollout from using them now, and `current`, the previous
+    /// release and pinned ones are never among them.
     fn verified_unless_staged(
         &self,
         stage: &Stage<'_>,
         what: &str,
         incoming: &str,
+        scratch: Option<&str>,
         body: &Script,
     ) -> Result<Script, Unquotable> {
         let release = format!("releases/{}", stage.release);
@@ -276,8 +292,16 @@ impl Layout {
             "the uploaded {what} does not match sha256 {}; it was changed or truncated on the way",
             stage.sha256
         );
+        let mut scratch_paths = vec![incoming];
+        scratch_paths.extend(scratch);
         let script = self
             .start()?
+            .remove_on_exit(&scratch_paths)?
+            .line(
+                "for f in .slipway/incoming/* .slipway/incoming/.[!.]*; do if [ -e \"$f\" ] && [ \"$f\" != {} ]; then rm -rf -- \"$f\"; fi; done",
+                [incoming],
+            )?
+            .raw("for d in releases/.*.staging; do if [ -d \"$d\" ]; then rm -rf -- \"$d\"; fi; done")
             .line(
                 "if ! printf '%s  %s\\n' {} {} | sha256sum -c --status; then printf '%s\\n' {} >&2; exit 65; fi",
                 [stage.sha256, incoming, &mismatch],
@@ -1004,6 +1028,88 @@ mod tests {
             std::fs::read_to_string(&env).unwrap(),
             "DB_PASSWORD=hunter2\n"
         );
+    }
+
+    #[test]
+    fn a_failed_staging_leaves_neither_its_upload_nor_its_staging_directory() {
+        // The unpack fails half way (a stream cut short): nothing of it may
+        // stay on the host's disk.
+        let root = tempfile::tempdir().unwrap();
+        let (bytes, len) = targz(&[("index.html", 0o644, "v1\n"), ("big", 0o644, "x")]);
+        let cut = &bytes[..bytes.len() / 2];
+        let (code, stderr) = stage(root.path(), cut, len);
+        assert_ne!(code, 0, "{stderr}");
+        assert!(!root.path().join("releases/.r1.staging").exists());
+        assert!(!root.path().join("releases/r1").exists());
+        let incoming: Vec<_> = std::fs::read_dir(root.path().join(".slipway/incoming"))
+            .unwrap()
+            .collect();
+        assert!(incoming.is_empty(), "{incoming:?}");
+    }
+
+    #[test]
+    fn staging_removes_what_earlier_runs_left_and_keeps_every_release() {
+        // A killed run left an upload, a partial upload and a half-unpacked
+        // staging directory; the live, previous and pinned releases stay.
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for dir in [
+            "releases/r0",
+            "releases/rp",
+            "releases/rpin",
+            "releases/.r9.staging/a",
+        ] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        symlink("releases/r0", r.join("current")).unwrap();
+        std::fs::create_dir_all(r.join(".slipway/incoming")).unwrap();
+        std::fs::write(r.join(".slipway/pinned"), "rpin\n").unwrap();
+        for name in ["0123.tar.gz", "4567.deb.part", ".hidden"] {
+            std::fs::write(r.join(".slipway/incoming").join(name), "left").unwrap();
+        }
+
+        let (bytes, len) = targz(&[("index.html", 0o644, "v1\n")]);
+        let (code, stderr) = stage(r, &bytes, len);
+        assert_eq!(code, 0, "{stderr}");
+
+        let mut releases: Vec<String> = std::fs::read_dir(r.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        releases.sort();
+        assert_eq!(releases, ["r0", "r1", "rp", "rpin"]);
+        assert_eq!(
+            std::fs::read_link(r.join("current")).unwrap(),
+            Path::new("releases/r0")
+        );
+        let incoming: Vec<_> = std::fs::read_dir(r.join(".slipway/incoming"))
+            .unwrap()
+            .collect();
+        assert!(incoming.is_empty(), "{incoming:?}");
+    }
+
+    #[test]
+    fn staging_scripts_snapshot() {
+        // What runs on every host when it stages, tarball and package: the
+        // clean-up trap and the sweep of earlier runs' leftovers first.
+        let layout = Layout::new("/srv/shop".into());
+        let dirs = ["public/uploads".to_owned()];
+        let files = ["config/app.yml".to_owned()];
+        let tarball = Stage {
+            release: "20260101-120000-abc1234",
+            sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            tar_size: 10240,
+            shared_dirs: &dirs,
+            shared_files: &files,
+            dpkg: None,
+        };
+        insta::assert_snapshot!("stage_tarball", layout.stage(&tarball).unwrap().as_str());
+        let dpkg = Dpkg::new("shop".into(), true, Vec::new(), "/");
+        let package = Stage {
+            dpkg: Some(&dpkg),
+            ..tarball
+        };
+        insta::assert_snapshot!("stage_deb", layout.stage(&package).unwrap().as_str());
     }
 
     #[test]

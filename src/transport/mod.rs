@@ -168,6 +168,10 @@ pub enum TransportError {
         what: String,
         limit: usize,
     },
+    #[error(
+        "on {host}: not tried: the host was declared lost earlier in this run (see above); check it, then run `slipway status`"
+    )]
+    AlreadyLost { host: String },
     #[error("on {host}: the SSH connection failed while {what}: {reason}")]
     Lost {
         host: String,
@@ -296,11 +300,15 @@ pub trait Transport: Send + Sync {
             what: format!("reading {}", local.display()),
             source,
         })?;
-        let partial = format!("{remote}.part");
-        let script = Script::new()
-            .raw_with("cat >", [&partial])
-            .and_then(|s| s.cmd(["mv", "-f", &partial, remote]))
-            .map_err(|source| self.unquotable(source))?;
+        let size = file
+            .metadata()
+            .map_err(|source| TransportError::Io {
+                host: self.host().to_owned(),
+                what: format!("reading {}", local.display()),
+                source,
+            })?
+            .len();
+        let script = upload_script(remote, size).map_err(|source| self.unquotable(source))?;
         let mut reader = Counting::new(file, progress);
         self.run_with(
             &format!("upload to {remote}"),
@@ -318,6 +326,29 @@ pub trait Transport: Send + Sync {
             source,
         }
     }
+}
+
+/// What [`Transport::upload`] runs on the host: copy stdin to
+/// `<remote>.part`, check it holds all `size` bytes, rename it to `remote`.
+/// The partial file is removed however the script ends: a dropped
+/// connection reads as end of input (the size check fails), a full disk
+/// fails `cat`, a stop is a signal. So a failed upload leaves nothing.
+///
+/// # Errors
+/// When `remote` contains a NUL byte.
+pub fn upload_script(remote: &str, size: u64) -> Result<Script, Unquotable> {
+    let partial = format!("{remote}.part");
+    let short = format!(
+        "the upload to {remote} ended before all {size} bytes arrived (the connection dropped?); nothing was kept"
+    );
+    Script::new()
+        .remove_on_exit(&[&partial])?
+        .raw_with("cat >", [&partial])?
+        .line(
+            "if [ \"$(wc -c < {})\" -ne {} ]; then printf '%s\\n' {} >&2; exit 1; fi",
+            [&partial, &size.to_string(), &short],
+        )?
+        .cmd(["mv", "-f", &partial, remote])
 }
 
 /// A reader that reports how many bytes have passed through it.
@@ -512,7 +543,8 @@ pub struct ConnectOptions {
     /// Jump host for every host, as `[user@]host[:port]` or an ssh_config alias.
     pub jump: Option<String>,
     pub connect_timeout: Duration,
-    /// Keepalive interval; a host that stops answering fails after a few.
+    /// Keepalive interval: how long a connection stays silent before
+    /// asking the host. See [`ConnectOptions::lost_after`].
     pub keepalive: Duration,
     /// Upper bound for any one remote command (hooks have their own timeout).
     pub command_timeout: Option<Duration>,
@@ -530,6 +562,62 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(5),
             command_timeout: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// How long a host may send nothing at all (keepalive replies
+    /// included) before it is declared lost: one keepalive interval to
+    /// ask, then the connect timeout to answer. Both transports use this
+    /// one bound (OpenSSH through `ServerAliveInterval` and
+    /// `ServerAliveCountMax`, libssh2 through its exec loop), and a host
+    /// declared lost is not tried again in the same run.
+    pub fn lost_after(&self) -> Duration {
+        self.keepalive.max(Duration::from_secs(1))
+            + self.connect_timeout.max(Duration::from_secs(1))
+    }
+}
+
+/// Remembers, for one transport (one host, one run), that the host was
+/// declared lost, so later steps fail at once instead of each waiting out
+/// another connect timeout on a host that is not answering.
+#[derive(Debug, Default)]
+pub(crate) struct LostMark(std::sync::Mutex<Option<String>>);
+
+impl LostMark {
+    /// Records `error` when it means the host is gone (it stopped
+    /// answering, the connection failed, or it could not be reached
+    /// again); a command that failed or timed out on a host that still
+    /// answers is not.
+    pub(crate) fn note(&self, error: TransportError) -> TransportError {
+        let lost = matches!(
+            error,
+            TransportError::Unresponsive { .. }
+                | TransportError::Lost { .. }
+                | TransportError::Connect { .. }
+        );
+        if lost {
+            let mut mark = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            mark.get_or_insert_with(|| error.to_string());
+        }
+        error
+    }
+
+    /// An error when the host was declared lost earlier in this run.
+    pub(crate) fn check(&self, host: &str) -> Result<(), TransportError> {
+        let mark = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match mark.as_ref() {
+            Some(_) => Err(TransportError::AlreadyLost {
+                host: host.to_owned(),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -620,6 +708,39 @@ mod tests {
         );
         assert!(HostSpec::parse("[::1").is_err());
         assert!(HostSpec::parse("[::1]:x").is_err());
+    }
+
+    /// Runs the upload script with `sh`, feeding it `sent` as the
+    /// connection would; returns its exit code.
+    fn upload_with(remote: &Path, size: u64, sent: &[u8]) -> i32 {
+        use std::io::Write as _;
+        let script = upload_script(remote.to_str().unwrap(), size).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(sent).unwrap();
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    #[test]
+    fn an_upload_cut_off_half_way_leaves_no_file() {
+        // A dropped connection is, for the remote shell, input that ends
+        // early: the partial file must go, and nothing may appear under the
+        // final name.
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("abc.tar.gz");
+        let data = vec![7u8; 100_000];
+        assert_eq!(upload_with(&remote, data.len() as u64, &data[..40_000]), 1);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        assert_eq!(upload_with(&remote, data.len() as u64, &data), 0);
+        assert_eq!(std::fs::read(&remote).unwrap(), data);
+        assert!(!dir.path().join("abc.tar.gz.part").exists());
     }
 
     #[test]

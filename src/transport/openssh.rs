@@ -36,7 +36,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{ConnectOptions, Exit, Script, Tail, Transport, TransportError};
+use super::{ConnectOptions, Exit, LostMark, Script, Tail, Transport, TransportError};
 use control::ControlDir;
 
 /// Bytes copied to `ssh`'s stdin at a time: large, so uploads are not paced
@@ -55,6 +55,11 @@ pub struct OpenSsh {
     control: Arc<ControlDir>,
     command_timeout: Option<Duration>,
     why: String,
+    /// Set once the host is declared lost; later commands fail at once.
+    lost: LostMark,
+    /// Silence after which ssh drops the connection (see
+    /// [`ConnectOptions::lost_after`]).
+    lost_after: Duration,
 }
 
 /// What `ssh -G` says about a host, for messages.
@@ -128,6 +133,8 @@ impl OpenSsh {
             control,
             command_timeout: options.command_timeout,
             why,
+            lost: LostMark::default(),
+            lost_after: options.lost_after(),
         };
         if let Some((last, before)) = this.resolved.jump.split_last() {
             this.open_jump(last, before)?;
@@ -211,6 +218,19 @@ impl OpenSsh {
             )));
         }
         Ok(())
+    }
+
+    /// Whether this host's master connection is still up (`ssh -O check`).
+    fn master_alive(&self) -> bool {
+        self.control
+            .ssh()
+            .args(["-O", "check"])
+            .args(&self.destination)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     fn spawn_error(&self, source: std::io::Error) -> TransportError {
@@ -314,6 +334,21 @@ impl Transport for OpenSsh {
         timeout: Option<Duration>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
+        self.lost.check(&self.spec)?;
+        self.exec_once(script, stdin, timeout, on_line)
+            .map_err(|e| self.lost.note(e))
+    }
+}
+
+impl OpenSsh {
+    /// One `ssh` command over the master (which ssh reopens if it went).
+    fn exec_once(
+        &self,
+        script: &Script,
+        stdin: Option<&mut (dyn Read + Send)>,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError> {
         let command = super::remote_command(script).map_err(|e| self.unquotable(e))?;
         let limit = timeout.or(self.command_timeout);
         let deadline = limit.map(|t| Instant::now() + t);
@@ -400,6 +435,12 @@ impl OpenSsh {
     /// Turns ssh's exit into the command's: 255 with ssh's own complaint on
     /// stderr is ssh failing (the remote stderr is joined to stdout, so
     /// ssh's stderr carries only ssh's messages).
+    ///
+    /// 255 with nothing on stderr is ambiguous: the command's own status,
+    /// or the master connection dropping under the session. The master
+    /// does not say why to this client (a host that stopped answering its
+    /// keepalives and one that closed the connection look the same here),
+    /// so when the master is gone the error says both.
     fn finish(
         &self,
         status: ExitStatus,
@@ -407,6 +448,22 @@ impl OpenSsh {
         complaints: &str,
         tail: Tail,
     ) -> Result<Exit, TransportError> {
+        if status.code() == Some(255) && complaints.contains("not responding") {
+            return Err(TransportError::Unresponsive {
+                host: self.spec.clone(),
+                silent: self.lost_after,
+            });
+        }
+        if status.code() == Some(255) && complaints.trim().is_empty() && !self.master_alive() {
+            return Err(TransportError::Lost {
+                host: self.spec.clone(),
+                what: "running a command".to_owned(),
+                reason: format!(
+                    "the connection dropped: the host stopped answering (nothing for {}, keepalives included) or closed it",
+                    humantime::format_duration(self.lost_after)
+                ),
+            });
+        }
         if status.code() == Some(255) && !complaints.trim().is_empty() {
             return Err(errors::classify_running(
                 &errors::Failing {

@@ -145,6 +145,23 @@ impl Script {
         Ok(this)
     }
 
+    /// Removes `paths` (`rm -rf`) whenever the script ends: success, a
+    /// failed line, `exit`, or HUP/INT/TERM/PIPE (a dropped connection or a
+    /// stopped command). For scratch files that must never outlive the
+    /// script: what the script renamed into place is no longer under these
+    /// names, so success removes nothing it made.
+    ///
+    /// # Errors
+    /// When a path contains a NUL byte.
+    pub fn remove_on_exit(mut self, paths: &[&str]) -> Result<Self, Unquotable> {
+        let body = format!("rm -rf -- {}", join(paths)?);
+        self.text.push_str(&format!(
+            "trap {} EXIT\ntrap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM\n",
+            quote(&body)?
+        ));
+        Ok(self)
+    }
+
     /// Wraps text assembled from other scripts' output. Only for layout
     /// code that nests scripts (an `if` around a built block); the parts
     /// must themselves come from this builder.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ssh2::Session;
 use ssh2_config::SshConfig;
 
-use super::{ConnectOptions, Exit, HostSpec, Script, Tail, Transport, TransportError};
+use super::{ConnectOptions, Exit, HostSpec, LostMark, Script, Tail, Transport, TransportError};
 use config::Target;
 pub use config::home;
 use exec::{Limits, Stop};
@@ -42,6 +42,9 @@ pub struct Ssh {
     conn: Mutex<Option<Conn>>,
     /// Why this transport was chosen, for `slipway check`.
     why: String,
+    /// Set once the host is declared lost; later commands fail at once
+    /// instead of reconnecting.
+    lost: LostMark,
 }
 
 /// An authenticated session in non-blocking mode, and a handle on its socket
@@ -99,6 +102,7 @@ impl Ssh {
             route,
             conn: Mutex::new(Some(conn)),
             why,
+            lost: LostMark::default(),
         })
     }
 }
@@ -283,11 +287,27 @@ impl Transport for Ssh {
         timeout: Option<Duration>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<Exit, TransportError> {
+        self.lost.check(&self.spec)?;
+        self.exec_once(script, stdin, timeout, on_line)
+            .map_err(|e| self.lost.note(e))
+    }
+}
+
+impl Ssh {
+    /// One command on the session, reconnecting first if the last one
+    /// failed.
+    fn exec_once(
+        &self,
+        script: &Script,
+        stdin: Option<&mut (dyn Read + Send)>,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Exit, TransportError> {
         let command = super::remote_command(script).map_err(|e| self.unquotable(e))?;
         let limit = timeout.or(self.route.options.command_timeout);
         let limits = Limits {
             deadline: limit.map(|t| Instant::now() + t),
-            keepalive: self.route.options.keepalive,
+            lost_after: self.route.options.lost_after(),
         };
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = match guard.take() {

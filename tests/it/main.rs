@@ -7,6 +7,7 @@ mod support;
 mod artifact_trust;
 mod bounds;
 mod ci;
+mod cleanup;
 mod deb;
 mod help;
 mod hooks;

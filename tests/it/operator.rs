@@ -171,3 +171,50 @@ fn the_deployer_falls_back_to_gits_user_name() {
     run(cmd, &["deploy", "production"]).success();
     assert_eq!(hosts.history(0)[0]["who"], "Dana Deployer");
 }
+
+/// Scripts read one JSON document from `deploy --json` (progress stays on
+/// stderr): the plan for a dry run, the outcome for a deploy, and for a
+/// refusal the outcome, exit code and error.
+#[test]
+fn deploy_json_is_one_document_for_scripts() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 2);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
+    let doc = |run: &crate::support::Run| -> serde_json::Value {
+        serde_json::from_str(&run.stdout())
+            .unwrap_or_else(|e| panic!("stdout is one JSON document ({e}):\n{}", run.stdout()))
+    };
+    let dry = doc(&app
+        .slipway(&["deploy", "production", "--dry-run", "--json"])
+        .success());
+    assert_eq!(dry["outcome"], "dry-run");
+    let ops: Vec<&str> = dry["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops.first(), Some(&"lock"));
+    assert!(
+        ops.contains(&"switch") && ops.contains(&"commit"),
+        "{ops:?}"
+    );
+
+    let done = doc(&app.slipway(&["deploy", "production", "--json"]).success());
+    assert_eq!(done["outcome"], "deployed");
+    assert_eq!(done["exit_code"], 0);
+    assert_eq!(done["release"].as_str(), hosts.current(0).as_deref());
+    assert!(done["duration_s"].as_f64().unwrap() > 0.0);
+
+    let again = doc(&app.slipway(&["deploy", "production", "--json"]).success());
+    assert_eq!(again["outcome"], "already-live");
+
+    let refused = app.slipway(&["deploy", "nowhere", "--json"]).failure(2);
+    let refused = doc(&refused);
+    assert_eq!(refused["outcome"], "usage");
+    assert_eq!(refused["exit_code"], 2);
+    assert!(refused["error"].as_str().unwrap().contains("nowhere"));
+}

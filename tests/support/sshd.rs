@@ -250,7 +250,53 @@ impl Sshd {
         )
     }
 
+    /// As [`Sshd::start_mounted`], with a fresh tmpfs of `size` (e.g.
+    /// "8m") mounted on `source` inside the namespace first: a host whose
+    /// deploy root is a small disk of its own. The test reads it through
+    /// [`Sshd::inside`], not through `source` (the tmpfs exists only in the
+    /// server's namespace, so nothing outlives the server).
+    pub fn start_on_small_disk(
+        authorized: &[&str],
+        source: &Path,
+        target: &Path,
+        size: &str,
+    ) -> Self {
+        Self::launch_with(
+            &next_ip(),
+            &Setup {
+                authorized,
+                ..Setup::default()
+            },
+            Some((source, target)),
+            Some(size),
+        )
+    }
+
+    /// Runs `sh -c <script>` in the server's mount namespace (what the
+    /// host's own processes see) and returns its stdout.
+    pub fn inside(&self, script: &str) -> String {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "sh", "-c", script])
+            .output()
+            .expect("nsenter runs (util-linux)");
+        assert!(
+            out.status.success(),
+            "`{script}` inside the host failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn launch(ip: &str, setup: &Setup, mount: Option<(&Path, &Path)>) -> Self {
+        Self::launch_with(ip, setup, mount, None)
+    }
+
+    fn launch_with(
+        ip: &str,
+        setup: &Setup,
+        mount: Option<(&Path, &Path)>,
+        tmpfs: Option<&str>,
+    ) -> Self {
         let authorized = setup.authorized;
         ensure_sshd();
         let dir = tempfile::Builder::new()
@@ -373,12 +419,13 @@ impl Sshd {
             Some((source, target)) => {
                 let mut cmd = Command::new("unshare");
                 cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-                    .arg("mkdir -p \"$1\" \"$2\" && mount --bind \"$1\" \"$2\" && exec \"$3\" -D -e -f \"$4\"")
+                    .arg("mkdir -p \"$1\" \"$2\" && if [ -n \"$5\" ]; then mount -t tmpfs -o size=\"$5\" slipway-test \"$1\"; fi && mount --bind \"$1\" \"$2\" && exec \"$3\" -D -e -f \"$4\"")
                     .arg("sh")
                     .arg(source)
                     .arg(target)
                     .arg(SSHD)
-                    .arg(&config);
+                    .arg(&config)
+                    .arg(tmpfs.unwrap_or(""));
                 cmd
             }
         };
@@ -554,6 +601,12 @@ pub struct SshCluster {
 
 impl SshCluster {
     pub fn start(n: usize) -> Self {
+        Self::start_with_small_disk(n, None)
+    }
+
+    /// As [`SshCluster::start`]; with `Some((i, size))`, host i's deploy
+    /// root is a tmpfs of `size` (see [`Sshd::start_on_small_disk`]).
+    pub fn start_with_small_disk(n: usize, small: Option<(usize, &str)>) -> Self {
         ensure_sshd();
         let keys = Keys::generate();
         let dir = tempfile::Builder::new()
@@ -570,7 +623,12 @@ impl SshCluster {
             let root = dir.path().join(format!("host{}", i + 1));
             let source = root.join(deploy_to.trim_start_matches('/'));
             std::fs::create_dir_all(&source).expect("host root");
-            hosts.push(Sshd::start_mounted(&[&keys.public], &source, &target));
+            hosts.push(match small {
+                Some((j, size)) if j == i => {
+                    Sshd::start_on_small_disk(&[&keys.public], &source, &target, size)
+                }
+                _ => Sshd::start_mounted(&[&keys.public], &source, &target),
+            });
             roots.push(root);
         }
         let known_hosts = dir.path().join("known_hosts");

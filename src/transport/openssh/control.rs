@@ -61,26 +61,27 @@ impl ControlDir {
     }
 
     fn create(options: &ConnectOptions) -> Result<Self, String> {
-        // Control socket paths must fit in 108 bytes (sun_path): a long
-        // $TMPDIR falls back to /tmp.
+        // A control socket path must fit in sun_path (107 bytes and a
+        // NUL): `<base>/<dir>/<%C, 40 hex>`, and ssh first binds it with a
+        // 17-byte temporary suffix. A $TMPDIR too long for that falls
+        // back to /tmp.
         let base = std::env::temp_dir();
-        let base = if base.as_os_str().len() > 40 {
+        let socket = |base: &Path| {
+            base.as_os_str().len() + 1 + crate::scratch::name_len("ssh") + 1 + 40 + 17
+        };
+        let base = if socket(&base) > 107 {
             PathBuf::from("/tmp")
         } else {
             base
         };
         // 0700 from the start: whoever reaches a control socket can use
         // the master's login.
-        let dir = tempfile::Builder::new()
-            .prefix("slipway-ssh-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir_in(&base)
-            .map_err(|e| {
-                format!(
-                    "cannot create a private directory in {}: {e}",
-                    base.display()
-                )
-            })?;
+        let dir = crate::scratch::dir_in("ssh", &base, 0o700).map_err(|e| {
+            format!(
+                "cannot create a private directory in {}: {e}",
+                base.display()
+            )
+        })?;
         let config = dir.path().join("ssh_config");
         let text = config_text(options, dir.path())?;
         std::fs::write(&config, text)
@@ -188,11 +189,16 @@ fn config_text(options: &ConnectOptions, dir: &Path) -> Result<String, String> {
         "ControlMaster auto\nControlPath {}\nControlPersist {PERSIST}",
         value(&dir.join("%C"), false)?
     );
+    // A silent host is dropped after ServerAliveInterval × (CountMax + 1):
+    // one interval to ask, then as many as cover the connect timeout to
+    // answer, i.e. `ConnectOptions::lost_after` (rounded up to whole
+    // intervals), as libssh2 does.
     let timeout = options.connect_timeout.as_secs().max(1);
     let keepalive = options.keepalive.as_secs().max(1);
+    let count = timeout.div_ceil(keepalive);
     let _ = writeln!(
         text,
-        "ConnectTimeout {timeout}\nServerAliveInterval {keepalive}\nServerAliveCountMax 3\nLogLevel ERROR"
+        "ConnectTimeout {timeout}\nServerAliveInterval {keepalive}\nServerAliveCountMax {count}\nLogLevel ERROR"
     );
     // The user's ssh_config, as `ssh` reads it: the one given, or the
     // user's and the system's (missing files are skipped by Include).
@@ -305,6 +311,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("BatchMode yes"));
+        // Declared lost after connect timeout + one keepalive: 5 s × (2 + 1).
+        assert!(
+            text.contains("ConnectTimeout 10\nServerAliveInterval 5\nServerAliveCountMax 2\n"),
+            "{text}"
+        );
         let learning = ConnectOptions {
             accept_new_host_keys: true,
             ..ConnectOptions::default()

@@ -42,8 +42,9 @@ pub enum Stop {
 /// Time limits for one command.
 pub struct Limits {
     pub deadline: Option<Instant>,
-    /// Keepalive interval; three silent intervals mean the host is gone.
-    pub keepalive: Duration,
+    /// Silence (nothing received, keepalive replies included) after which
+    /// the host is gone: one keepalive interval plus the connect timeout.
+    pub lost_after: Duration,
 }
 
 struct Pacer<'a> {
@@ -57,7 +58,7 @@ struct Pacer<'a> {
 
 impl Pacer<'_> {
     fn silence_limit(&self) -> Duration {
-        (self.limits.keepalive * 3).max(Duration::from_secs(3))
+        self.limits.lost_after
     }
 
     /// Nothing progressed: check the limits, keep the connection alive and
@@ -69,7 +70,8 @@ impl Pacer<'_> {
         }
         let silent = now.duration_since(self.heard);
         if silent > self.silence_limit() {
-            return Err(Stop::Silent(silent));
+            // The bound it passed, not the silence to the nanosecond.
+            return Err(Stop::Silent(self.silence_limit()));
         }
         let directions = self.session.block_directions();
         if may_keepalive
