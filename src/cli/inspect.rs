@@ -82,6 +82,9 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
                         canary.release, canary.since
                     ));
                 }
+                for running in &state.running {
+                    parts.push(format!("{running} still running"));
+                }
                 if let Some(journal) = &state.journal {
                     code = exit::ATTENTION;
                     parts.push(match journal {

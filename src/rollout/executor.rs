@@ -282,6 +282,7 @@ impl<'a> Walk<'a> {
                 Some(artifact) => steps::stage(hosts, ctx, artifact, &self.r.secrets).await,
                 None => all(hosts, Err("there is no artifact to stage".to_owned())),
             },
+            Op::StopOrphans => steps::stop_orphans(hosts, ctx).await,
             Op::Stop => steps::background(hosts, ctx, false).await,
             Op::Start => steps::background(hosts, ctx, true).await,
             Op::Close => {

@@ -4,9 +4,13 @@
 //! `X-Slipway-Health` header, which the shipped nginx snippet lets through
 //! the maintenance flag. Invariant: a check is retried `retries` times, one
 //! second apart, each attempt bounded by `timeout`; it never waits longer.
+//! A health command that outlives its timeout is stopped on the host
+//! ([`super::remote::run_supervised`]) before the next attempt.
 
 use std::time::Duration;
 
+use super::layout::Job;
+use super::remote::{self, Command};
 use super::{Host, RolloutError};
 use crate::config::Health;
 use crate::transport::{HostSpec, TransportError};
@@ -16,13 +20,15 @@ pub const BYPASS_HEADER: &str = "X-Slipway-Health";
 
 const BETWEEN_ATTEMPTS: Duration = Duration::from_secs(1);
 
-/// Checks one host; the release to check is `dir`.
+/// Checks one host for the rollout `deploy_id`; the release to check is
+/// `dir`.
 ///
 /// # Errors
 /// When the last attempt still fails, with what it saw.
 pub fn check(
     host: &Host,
     health: &Health,
+    deploy_id: &str,
     dir: &str,
     env: &[(String, String)],
 ) -> Result<(), RolloutError> {
@@ -31,7 +37,7 @@ pub fn check(
         if attempt > 0 {
             std::thread::sleep(BETWEEN_ATTEMPTS);
         }
-        match attempt_once(host, health, dir, env) {
+        match attempt_once(host, health, deploy_id, attempt, dir, env) {
             Ok(()) => return Ok(()),
             Err(why) => last = why,
         }
@@ -61,19 +67,27 @@ enum Attempt {
 fn attempt_once(
     host: &Host,
     health: &Health,
+    deploy_id: &str,
+    attempt: u32,
     dir: &str,
     env: &[(String, String)],
 ) -> Result<(), Attempt> {
     if let Some(command) = &health.command {
-        let script = host
-            .layout
-            .user_command(dir, env, command)
-            .map_err(|e| Attempt::Answer(e.to_string()))?;
-        match host
-            .transport
-            .run_with("health command", &script, None, Some(health.timeout))
-        {
-            Ok(_) => {}
+        // Each attempt its own pid file (and stop marker).
+        let what = format!("health-{}", attempt.saturating_add(1));
+        let cmd = Command {
+            label: "health command",
+            job: Job {
+                id: deploy_id,
+                what: &what,
+                timeout: Some(health.timeout),
+            },
+            dir,
+            env,
+            command,
+        };
+        match remote::run_supervised(host, &cmd, &mut |_| {}) {
+            Ok(()) => {}
             Err(TransportError::Failed { tail, code, .. }) => {
                 return Err(Attempt::Answer(format!(
                     "exit status {}: {tail}",

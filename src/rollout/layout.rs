@@ -14,6 +14,11 @@
 //! .slipway/history.jsonl  append-only record of every rollout
 //! .slipway/maintenance    present while the cluster is closed
 //! .slipway/pinned         release ids that pruning keeps
+//! .slipway/run/<id>.<what>.pid
+//!                         the process group of a configured command while
+//!                         it runs ("<pgid> <leader start time>")
+//! .slipway/run/<id>.<what>.pid.stop
+//!                         slipway gave up on that command: it must not run
 //! ```
 //!
 //! Owns every script run on a host. Invariants: `current` only ever changes
@@ -21,6 +26,18 @@
 //! the new release, never a missing link; a release directory appears under
 //! its final name only when fully unpacked and linked; symlinks are relative,
 //! so a deploy root can be moved (and `local:` hosts stay self-contained).
+//!
+//! Every configured command (deploy hook, health command, canary check,
+//! workers and cron start/stop, `dpkg --install`) runs in its own session
+//! and process group, recorded in a pid file while it runs, and, when it
+//! has a deadline, under GNU `timeout` on the host too: so slipway can stop
+//! the whole group when its deadline passes (`remote.rs`), a command whose
+//! runner died still ends at its deadline, and `recover` can stop what a
+//! dead runner left ([`Layout::stop_orphans`]); a stop leaves a marker, so
+//! a command whose session reached the host late never runs on. A pid file
+//! is trusted only while its group lives and its leader is the process
+//! recorded (its start time), so a pid reused by an unrelated process is
+//! never signalled.
 //!
 //! With `artifact = "deb"` ([`Dpkg`]), each release is a Debian package
 //! named after it (`<prefix>-<id>`, see `artifact/deb.rs`) whose files dpkg
@@ -32,7 +49,9 @@
 //! file, shared links). A `local:` host gets its own dpkg database and log
 //! under its folder (`--instdir`, `--admindir`, `--log`), never the machine's.
 
-use crate::transport::quote::{join, quote};
+use std::time::Duration;
+
+use crate::transport::quote::{join, quote, user_argv};
 use crate::transport::{Script, Unquotable};
 
 /// Exit status of the lock script when another rollout holds the lock.
@@ -40,6 +59,27 @@ pub const LOCK_HELD: i32 = 75;
 
 /// Exit status of the lock script when deploys are frozen.
 pub const FROZEN: i32 = 76;
+
+/// How long a command that is being stopped gets between TERM and KILL;
+/// also how far past slipway's deadline for a command the host's own
+/// deadline lies.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// One configured command run on a host, as its pid file names it:
+/// `.slipway/run/<id>.<what>.pid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job<'a> {
+    /// The deploy id; a package install, which staging runs, uses the
+    /// release id.
+    pub id: &'a str,
+    /// What the command is for: `hook`, `health-1` (the attempt),
+    /// `workers-start`, `dpkg`… Unique within the deploy for a command with
+    /// a deadline, since a stop marker may outlive it.
+    pub what: &'a str,
+    /// slipway's deadline for it (the host's lies [`GRACE`] later); `None`
+    /// when it has none (workers, cron, dpkg).
+    pub timeout: Option<Duration>,
+}
 
 /// Paths of one host's deploy root (already resolved by the transport).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +124,7 @@ impl Layout {
         Script::new()
             .line("if [ ! -d {} ]; then exit 0; fi", [&self.root])?
             .raw_with("cd", [&self.root])
-            .map(|s| s.raw(READ_STATE))
+            .map(|s| s.raw(READ_STATE).raw(GROUPS).raw(RUNNING))
     }
 
     /// Creates the directories a deploy needs.
@@ -269,11 +309,18 @@ impl Layout {
         )?;
         // A failed postinst leaves a half-configured package and a partly
         // filled release directory; purge both so no release is left that a
-        // later switch could pick.
+        // later switch could pick. The install runs supervised (its own
+        // process group, recorded under the release id) so `recover` sees
+        // and can stop one a dead runner left.
+        let job = Job {
+            id,
+            what: "dpkg",
+            timeout: None,
+        };
         let text = format!(
-            "{}if ! {}; then\n  if {}; then rm -rf -- {}; fi\n  printf '%s\\n' {} >&2\n  exit 1\nfi\n",
+            "{}{}if [ \"$s\" -ne 0 ]; then\n  if {}; then rm -rf -- {}; fi\n  printf '%s\\n' {} >&2\n  exit 1\nfi\n",
             install.as_str(),
-            join(dpkg.argv(&["--install", &incoming]))?,
+            self.supervised(&job, None, &dpkg.argv(&["--install", &incoming]))?,
             join(dpkg.argv(&["--purge", &package]))?,
             quote(&release)?,
             quote(&failed)?,
@@ -414,35 +461,136 @@ impl Layout {
         Ok(self.start()?.raw("rm -f .slipway/maintenance"))
     }
 
-    /// Runs a configured command (deploy hook, workers, health) in `dir`.
+    /// Runs a configured command (deploy hook, workers, health) in `dir`,
+    /// supervised: in its own process group, recorded in
+    /// [`Layout::pid_file`] while it runs, bounded on the host by GNU
+    /// `timeout` [`GRACE`] after `job.timeout`; exits with its status.
     pub fn user_command(
         &self,
+        job: &Job<'_>,
         dir: &str,
         env: &[(String, String)],
         command: &str,
     ) -> Result<Script, Unquotable> {
-        Script::new().user_command(dir, env, command)
+        let argv = user_argv(env, command);
+        let text = format!(
+            "{}{}",
+            self.supervised(job, Some(dir), &argv)?,
+            "if [ \"$s\" -ne 0 ]; then exit \"$s\"; fi\n"
+        );
+        Ok(Script::from_trusted(format!("set -eu\n{text}")))
     }
 
-    /// Runs a configured command in the live release, if there is one.
+    /// Runs a configured command in the live release, if there is one,
+    /// supervised like [`Layout::user_command`].
     pub fn in_current(
         &self,
+        job: &Job<'_>,
         env: &[(String, String)],
         command: &str,
     ) -> Result<Script, Unquotable> {
         let current = self.current();
-        let inner = Script::new().user_command(&current, env, command)?;
+        let inner = self.user_command(job, &current, env, command)?;
         let text = format!(
             "set -eu\nif [ -d {} ]; then\n{}fi\n",
-            crate::transport::quote::quote(&current)?,
-            indent(
-                inner
-                    .as_str()
-                    .strip_prefix("set -eu\n")
-                    .unwrap_or(inner.as_str())
-            )
+            quote(&current)?,
+            indent(inner.as_str())
         );
         Ok(Script::from_trusted(text))
+    }
+
+    /// Where the process groups of running commands are recorded.
+    pub fn run_dir(&self) -> String {
+        format!("{}/.slipway/run", self.root)
+    }
+
+    /// The pid file of `job` while it runs.
+    pub fn pid_file(&self, job: &Job<'_>) -> String {
+        format!("{}/{}.{}.pid", self.run_dir(), job.id, job.what)
+    }
+
+    /// Shell lines that run `argv` (in `dir`, else where the script is) as
+    /// `job`: in its own session and process group (`setsid`), bounded on
+    /// the host by GNU `timeout` when the job has one, its process group
+    /// and the group leader's start time recorded in [`Layout::pid_file`]
+    /// (mktemp + rename) while it runs. The lines end with the command's
+    /// exit status in `$s`; the caller decides what a failure does.
+    ///
+    /// The host's deadline lies [`GRACE`] past slipway's own, so slipway
+    /// normally stops the command itself (and says so); the host's deadline
+    /// is for a runner that died or lost its connection. It sends TERM to
+    /// the whole group, then KILL twice [`GRACE`] later: `timeout` also
+    /// arms that KILL when it receives slipway's own TERM, which must not
+    /// beat slipway's KILL (sent [`GRACE`] after its TERM) and hide it.
+    fn supervised(
+        &self,
+        job: &Job<'_>,
+        dir: Option<&str>,
+        argv: &[String],
+    ) -> Result<String, Unquotable> {
+        let mut words: Vec<String> = vec!["setsid".into()];
+        if let Some(timeout) = job.timeout {
+            words.extend([
+                "timeout".into(),
+                "-k".into(),
+                seconds(GRACE * 2),
+                seconds(timeout + GRACE),
+            ]);
+        }
+        words.extend(argv.iter().cloned());
+        // In a shell without job control, an `&` job stays in the shell's
+        // process group, so it is never a group leader and `setsid` makes
+        // the new session in place: `$!` is the new group's id.
+        let start = match dir {
+            Some(dir) => format!("  (cd {} && exec {}) &\n", quote(dir)?, join(&words)?),
+            None => format!("  (exec {}) &\n", join(&words)?),
+        };
+        let vars = Script::new().line("r={}; f={}", [&self.run_dir(), &self.pid_file(job)])?;
+        Ok(format!(
+            "{}{BEFORE}\n{start}{RECORD}\n",
+            vars.as_str()
+                .strip_prefix("set -eu\n")
+                .unwrap_or(vars.as_str())
+        ))
+    }
+
+    /// Stops `job` if it still runs: TERM to its process group, KILL
+    /// [`GRACE`] later if anything is left, waiting until the group is gone
+    /// (or KILL could not end it). Prints one `stopped` line (see
+    /// [`Layout::stop_orphans`]); nothing when the job's pid file is gone
+    /// (it ended by itself).
+    pub fn stop(&self, job: &Job<'_>) -> Result<Script, Unquotable> {
+        Ok(Script::new()
+            .line("g={}", [&tenths(GRACE)])?
+            .raw(GROUPS)
+            .line("r={}; f={}", [&self.run_dir(), &self.pid_file(job)])?
+            .raw(STOP_ONE))
+    }
+
+    /// Stops every command recorded under `.slipway/run` (left running by
+    /// a runner that died), as [`Layout::stop`] does one, printing one
+    /// `stopped<TAB><id>.<what><TAB><pgid><TAB>gone|term|kill|alive` line
+    /// per pid file (see `remote::Stopped`), and removes the pid files.
+    /// Only for a rollout known to be dead: it stops a live one's commands
+    /// just the same.
+    pub fn stop_orphans(&self) -> Result<Script, Unquotable> {
+        Ok(Script::new()
+            .line("if [ ! -d {} ]; then exit 0; fi", [&self.run_dir()])?
+            .raw_with("cd", [&self.run_dir()])?
+            .line("g={}", [&tenths(GRACE)])?
+            .raw(GROUPS)
+            .raw(STOP_ALL))
+    }
+
+    /// Lists the commands still running on the host, one
+    /// `running<TAB><id>.<what><TAB><pgid>` line each (see
+    /// `remote::Running`).
+    /// [`Layout::read_state`] includes these lines.
+    pub fn running(&self) -> Result<Script, Unquotable> {
+        Script::new()
+            .line("if [ ! -d {} ]; then exit 0; fi", [&self.root])?
+            .raw_with("cd", [&self.root])
+            .map(|s| s.raw(GROUPS).raw(RUNNING))
     }
 
     /// Reports what a deploy needs of this host as `key<TAB>value` lines:
@@ -626,6 +774,16 @@ impl Dpkg {
     }
 }
 
+/// A duration as `timeout(1)` reads it: seconds, with milliseconds.
+fn seconds(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// A duration in tenths of a second, the stop scripts' polling step.
+fn tenths(d: Duration) -> String {
+    (d.as_millis() / 100).to_string()
+}
+
 /// Writes `content` and a newline to `dir/name` without following any link
 /// there: into a fresh mktemp file in `dir`, renamed over `name`.
 fn write_nofollow(dir: &str, name: &str, content: &str) -> Result<Script, Unquotable> {
@@ -692,7 +850,9 @@ p="$d"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
 if [ "$p" != "$d" ]; then printf 'missing\t%s\n' "$p"; fi
 if [ -w "$p" ]; then printf 'writable\tyes\n'; else printf 'writable\tno\n'; fi
 printf 'free_kib\t%s\n' "$(df -Pk "$p" 2>/dev/null | awk 'NR==2 {print $4}')"
-for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find stat date touch sed; do if command -v "$t" >/dev/null 2>&1; then printf 'tool\t%s\tyes\n' "$t"; else printf 'tool\t%s\tno\n' "$t"; fi; done
+for t in sh tar gzip sha256sum readlink mv ln cp mktemp head find stat date touch sed setsid timeout; do if command -v "$t" >/dev/null 2>&1; then printf 'tool	%s	yes
+' "$t"; else printf 'tool	%s	no
+' "$t"; fi; done
 if mv --help 2>&1 | grep -q -- '--no-target-directory'; then printf 'tool\tmv -T\tyes\n'; else printf 'tool\tmv -T\tno\n'; fi"#;
 
 /// Prints the lock file (`lock`, its first 64 KiB on one line) and its age
@@ -730,6 +890,78 @@ if [ -f .slipway/canary.json ]; then printf 'canary\t%s\n' "$(tr -d '\n' < .slip
 if [ -f .slipway/pinned ]; then while IFS= read -r p; do printf 'pinned\t%s\n' "$p"; done < .slipway/pinned; fi
 if [ -d releases ]; then ls -1t releases | while IFS= read -r r; do printf 'release\t%s\n' "$r"; done; fi"#
 );
+
+/// Before a supervised command starts: a stop marker (`$f.stop`, left by
+/// [`Layout::stop`] when slipway gave up on the command before its pid
+/// file existed) means it must not run at all.
+const BEFORE: &str = r#"mkdir -p "$r"
+if [ -e "$f.stop" ]; then rm -f "$f.stop"; s=143; else"#;
+
+/// Records the process group just started (`$!`) in the pid file `$f`,
+/// through a fresh mktemp file in `$r` renamed over it; stops it at once if
+/// a stop marker appeared meanwhile; waits for the command, leaves its exit
+/// status in `$s` and removes the pid file and marker. The leader's start
+/// time (field 22 of `/proc/<pid>/stat`, read after the command name, which
+/// may hold spaces) tells it from a later process that gets the same pid.
+///
+/// The marker closes the race with a stop: the stop script creates the
+/// marker, then looks for the pid file; this script renames the pid file
+/// into place, then looks for the marker. One of the two sees the other's
+/// file. Before `setsid` has run, the new process is not yet a group, so
+/// it is signalled by pid.
+const RECORD: &str = r#"  p=$!
+  t=$(mktemp "$r/.pid.XXXXXX")
+  printf '%s %s\n' "$p" "$(sed 's/.*) //' "/proc/$p/stat" | cut -d' ' -f20)" > "$t"
+  mv -f -T "$t" "$f"
+  if [ -e "$f.stop" ]; then kill -s TERM -- "-$p" 2>/dev/null || kill -s TERM "$p" 2>/dev/null || :; fi
+  s=0; wait "$p" || s=$?
+  rm -f "$f" "$f.stop"
+fi"#;
+
+/// Shell functions over recorded process groups; `$g` is the grace period
+/// in tenths of a second, measured on the clock (`/proc/uptime`, in
+/// hundredths), not counted in polls, which a loaded host slows down. A group "lives" while a process that is not a
+/// zombie has it as its group (field 5 of `/proc/<pid>/stat`): a zombie
+/// nobody reaps (an init that does not) is not running. A group is "ours"
+/// when its leader is gone (the kernel hands out no pid that is a live
+/// group's id) or has the recorded start time. Group ids 0 and 1 are never
+/// signalled: `kill -- -0` and `-1` mean this shell's group and everyone.
+const GROUPS: &str = r#"in_group() { sed -n 's/.*) [^Z] [^ ]* \([0-9]*\) .*/\1/p' /proc/[0-9]*/stat 2>/dev/null | grep -qx "$1"; }
+ours() { if [ -r "/proc/$1/stat" ]; then [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d' ' -f20)" = "$2" ]; fi; }
+now_cs() { read -r u _ < /proc/uptime; echo $(( ${u%.*} * 100 + 1${u#*.} - 100 )); }
+gone_within() { e=$(( $(now_cs) + $2 * 10 )); while in_group "$1"; do if [ "$(now_cs)" -ge "$e" ]; then return 1; fi; sleep 0.1; done; }
+recorded() { pg=; st=; read -r pg st < "$1" || :; case "$pg" in ''|*[!0-9]*) pg=0 ;; esac; [ "$pg" -gt 1 ] && in_group "$pg" && ours "$pg" "$st"; }
+stop_group() {
+  how=gone
+  if recorded "$1"; then
+    kill -s TERM -- "-$pg" 2>/dev/null || :
+    how=term
+    if ! gone_within "$pg" "${g:-50}"; then
+      kill -s KILL -- "-$pg" 2>/dev/null || :
+      how=kill
+      gone_within "$pg" 50 || how=alive
+    fi
+  fi
+  rm -f "$1"
+  printf 'stopped\t%s\t%s\t%s\n' "$(basename "$1" .pid)" "$pg" "$how"
+}"#;
+
+/// Stops the job whose pid file is `$f`: first leaves the stop marker, so
+/// a command that has not recorded itself yet never runs on (see
+/// [`RECORD`]); the marker goes once a live group was found and stopped,
+/// since its wrapper has looked for it by then or never will.
+const STOP_ONE: &str = r#"mkdir -p "$r"
+touch "$f.stop"
+if [ -f "$f" ]; then stop_group "$f"; if [ "$how" != gone ]; then rm -f "$f.stop"; fi; fi"#;
+
+/// Stops every recorded group (run in `.slipway/run`) and removes the
+/// temp files of records a dead wrapper never renamed and stale stop
+/// markers.
+const STOP_ALL: &str = r#"for f in *.pid; do if [ -f "$f" ]; then stop_group "$f"; fi; done
+rm -f .pid.* ./*.stop"#;
+
+/// Lists the recorded groups that still run (run in the deploy root).
+const RUNNING: &str = r#"if [ -d .slipway/run ]; then for f in .slipway/run/*.pid; do if [ -f "$f" ] && recorded "$f"; then printf 'running\t%s\t%s\n' "$(basename "$f" .pid)" "$pg"; fi; done; fi"#;
 
 #[cfg(test)]
 mod tests {
@@ -1078,5 +1310,303 @@ mod tests {
         for public in ["pub;lic", "../../etc", "a$b"] {
             assert!(layout.nginx_snippet(public, 7).is_err(), "{public}");
         }
+    }
+}
+
+#[cfg(test)]
+mod supervised {
+    //! The supervised-command scripts: pinned as text (what runs on a
+    //! server, for a reviewer), and run for real with `sh` on a temporary
+    //! deploy root, as a `local:` host runs them.
+
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const ROOT: &str = "/srv/shop";
+
+    fn job(what: &'static str, timeout: Option<Duration>) -> Job<'static> {
+        Job {
+            id: "d18f2a",
+            what,
+            timeout,
+        }
+    }
+
+    fn env() -> Vec<(String, String)> {
+        vec![("SLIPWAY_RELEASE".into(), "r1".into())]
+    }
+
+    #[test]
+    fn script_hook() {
+        let script = Layout::new(ROOT.into())
+            .user_command(
+                &job("hook", Some(Duration::from_secs(600))),
+                "/srv/shop/releases/r1",
+                &env(),
+                "bin/migrate && echo 'done'",
+            )
+            .unwrap();
+        insta::assert_snapshot!(script.as_str());
+    }
+
+    #[test]
+    fn script_workers_in_current() {
+        let script = Layout::new(ROOT.into())
+            .in_current(&job("workers-stop", None), &env(), "bin/workers stop")
+            .unwrap();
+        insta::assert_snapshot!(script.as_str());
+    }
+
+    #[test]
+    fn script_stop() {
+        let script = Layout::new(ROOT.into())
+            .stop(&job("hook", Some(Duration::from_secs(600))))
+            .unwrap();
+        insta::assert_snapshot!(script.as_str());
+    }
+
+    #[test]
+    fn script_stop_orphans() {
+        insta::assert_snapshot!(Layout::new(ROOT.into()).stop_orphans().unwrap().as_str());
+    }
+
+    #[test]
+    fn script_running() {
+        insta::assert_snapshot!(Layout::new(ROOT.into()).running().unwrap().as_str());
+    }
+
+    /// Runs `script` with `sh` in the background; returns the child.
+    fn spawn(script: &Script) -> std::process::Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn sh(script: &Script) -> (i32, String) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script.as_str())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Waits until `path` exists (at most 10 s).
+    fn wait_for(path: &std::path::Path) {
+        let start = Instant::now();
+        while !path.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{path:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process group recorded in a pid file, if any process is in it.
+    fn live_group(pid_file: &std::path::Path) -> Option<u32> {
+        let text = std::fs::read_to_string(pid_file).ok()?;
+        let pgid: u32 = text.split_whitespace().next()?.parse().ok()?;
+        group_alive(pgid).then_some(pgid)
+    }
+
+    /// Some process that is not a zombie has `pgid` as its group.
+    fn group_alive(pgid: u32) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(") ") else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+    }
+
+    #[test]
+    fn a_command_runs_in_its_own_group_recorded_while_it_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let release = root.path().join("releases/r1");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::write(release.join(".slipway.env"), "GREETING='hi there'\n").unwrap();
+        let job = job("hook", Some(Duration::from_secs(30)));
+        let script = layout
+            .user_command(
+                &job,
+                release.to_str().unwrap(),
+                &env(),
+                "touch started; while [ ! -e go ]; do sleep 0.05; done; echo \"$GREETING $SLIPWAY_RELEASE\"; exit 7",
+            )
+            .unwrap();
+        let child = spawn(&script);
+        wait_for(&release.join("started"));
+        let pid_file = std::path::PathBuf::from(layout.pid_file(&job));
+        wait_for(&pid_file);
+        let pgid = live_group(&pid_file).expect("a live group is recorded");
+        assert_ne!(
+            pgid,
+            child.id(),
+            "the command is not in the script's own group"
+        );
+        std::fs::write(release.join("go"), "").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "its exit status is the script's"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there r1\n");
+        assert!(
+            !pid_file.exists(),
+            "the pid file goes when the command ends"
+        );
+    }
+
+    #[test]
+    fn the_host_stops_a_command_at_its_own_deadline() {
+        // The runner is gone: nobody but the host is left to stop it.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let job = job("hook", Some(Duration::from_millis(200)));
+        let script = layout
+            .user_command(
+                &job,
+                root.path().to_str().unwrap(),
+                &[],
+                "sleep 30 & sleep 30; touch late",
+            )
+            .unwrap();
+        let started = Instant::now();
+        let (code, out) = sh(&script);
+        let took = started.elapsed();
+        assert_eq!(code, 124, "GNU timeout's status:\n{out}");
+        assert!(
+            took >= GRACE && took < GRACE + Duration::from_secs(3),
+            "stopped {took:?} after it started, not at 200ms + {GRACE:?}"
+        );
+        assert!(!root.path().join("late").exists());
+        assert!(!std::path::Path::new(&layout.pid_file(&job)).exists());
+    }
+
+    #[test]
+    fn stop_ends_the_whole_group_with_term_then_kill() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let dir = root.path().to_str().unwrap();
+        // One command that ends on TERM, one that ignores it (and a child
+        // of its own, in the same group).
+        let polite = job("health", Some(Duration::from_secs(60)));
+        let stubborn = job("hook", Some(Duration::from_secs(60)));
+        let a = spawn(
+            &layout
+                .user_command(&polite, dir, &[], "touch a; sleep 60")
+                .unwrap(),
+        );
+        let b = spawn(
+            &layout
+                .user_command(
+                    &stubborn,
+                    dir,
+                    &[],
+                    "trap '' TERM; sleep 60 & touch b; while :; do sleep 0.1; done",
+                )
+                .unwrap(),
+        );
+        wait_for(&root.path().join("a"));
+        wait_for(&root.path().join("b"));
+        let a_file = std::path::PathBuf::from(layout.pid_file(&polite));
+        let b_file = std::path::PathBuf::from(layout.pid_file(&stubborn));
+        wait_for(&a_file);
+        wait_for(&b_file);
+        let (a_group, b_group) = (live_group(&a_file).unwrap(), live_group(&b_file).unwrap());
+
+        let (code, out) = sh(&layout.stop(&polite).unwrap());
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out, format!("stopped\td18f2a.health\t{a_group}\tterm\n"));
+        assert!(!group_alive(a_group));
+
+        let started = Instant::now();
+        let (code, out) = sh(&layout.stop_orphans().unwrap());
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out, format!("stopped\td18f2a.hook\t{b_group}\tkill\n"));
+        assert!(
+            started.elapsed() >= GRACE,
+            "KILL only after the grace period"
+        );
+        assert!(!group_alive(b_group), "the whole group is gone");
+        assert!(!b_file.exists());
+        let _ = (a.wait_with_output(), b.wait_with_output());
+    }
+
+    #[test]
+    fn a_command_stopped_before_it_recorded_itself_never_runs() {
+        // slipway's deadline passed before the command's session started
+        // on the host: the stop finds no pid file, and leaves a marker the
+        // late wrapper obeys.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let job = job("hook", Some(Duration::from_secs(30)));
+        let (code, out) = sh(&layout.stop(&job).unwrap());
+        assert_eq!((code, out.as_str()), (0, ""));
+        let script = layout
+            .user_command(&job, root.path().to_str().unwrap(), &[], "touch ran")
+            .unwrap();
+        let (code, out) = sh(&script);
+        assert_eq!(code, 143, "{out}");
+        assert!(!root.path().join("ran").exists());
+        let left: Vec<_> = std::fs::read_dir(root.path().join(".slipway/run"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_stale_pid_file_is_never_signalled() {
+        // The recorded group is long gone and its pid now belongs to an
+        // unrelated process (this test's `sleep`, a group leader): only the
+        // pid file goes.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::new(root.path().to_str().unwrap().to_owned());
+        let mut bystander = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let run = root.path().join(".slipway/run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("dold.hook.pid"), format!("{} 1\n", bystander.id())).unwrap();
+        std::fs::write(run.join("dbad.hook.pid"), "1 1\n").unwrap();
+
+        let (code, out) = sh(&layout.running().unwrap());
+        assert_eq!((code, out.as_str()), (0, ""));
+        let (code, out) = sh(&layout.stop_orphans().unwrap());
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out,
+            format!(
+                "stopped\tdbad.hook\t1\tgone\nstopped\tdold.hook\t{}\tgone\n",
+                bystander.id()
+            )
+        );
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "the bystander lives"
+        );
+        assert!(std::fs::read_dir(&run).unwrap().next().is_none());
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
     }
 }

@@ -273,7 +273,8 @@ pub fn recover_program(plan: &crate::plan::Plan, rec: &Recovery, all: &[String])
     let background = plan.workers.is_some() || plan.cron.is_some();
     let mut p = Program::new(Action::Recover, "recover", &plan.environment, &rec.release);
     p.previous = Some(rec.previous.clone());
-    p.step(Op::Lock { recovery: true }, all);
+    p.step(Op::Lock { recovery: true }, all)
+        .step(Op::StopOrphans, j);
     if rec.direction == Direction::Finish {
         p.step(Op::Commit, j);
     }

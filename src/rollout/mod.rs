@@ -16,6 +16,7 @@ pub mod layout;
 pub mod lock;
 pub mod manage;
 pub mod program;
+pub mod remote;
 pub mod rolling;
 pub mod state;
 pub mod steps;

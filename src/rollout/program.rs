@@ -58,6 +58,9 @@ pub enum Op {
     /// Upload, verify the sha256, unpack beside the live release, link
     /// shared paths, write the env file; journal.
     Stage,
+    /// Stop every command a dead rollout left running on the host (TERM,
+    /// then KILL), before anything is switched.
+    StopOrphans,
     /// Stop workers and cron in the live release.
     Stop,
     /// Maintenance flag on.
@@ -117,7 +120,7 @@ impl Op {
         match self {
             Self::Lock { .. } | Self::Unlock => Phase::Lock,
             Self::Inspect { .. } | Self::Stage => Phase::Stage,
-            Self::Stop => Phase::Stop,
+            Self::StopOrphans | Self::Stop => Phase::Stop,
             Self::Close => Phase::Close,
             Self::Switch => Phase::Switch,
             Self::SwitchBack => Phase::Rollback,
@@ -147,6 +150,7 @@ impl Op {
             Self::Lock { .. } => "lock",
             Self::Inspect { .. } => "inspect",
             Self::Stage => "stage",
+            Self::StopOrphans => "stop-orphans",
             Self::Stop => "stop",
             Self::Close => "close",
             Self::Switch => "switch",
@@ -191,6 +195,9 @@ impl Op {
             Self::Stage => format!(
                 "upload, check sha256, unpack {release} beside the live release, link shared paths, write the env file"
             ),
+            Self::StopOrphans => {
+                "stop commands a dead rollout left running (TERM, then KILL)".into()
+            }
             Self::Stop => "stop workers and cron".into(),
             Self::Close => "maintenance flag on".into(),
             Self::Switch => format!("current -> {release}"),

@@ -153,13 +153,18 @@ pub struct HostState {
     pub canary: Option<Result<CanaryState, String>>,
     /// Release ids, most recently switched to first.
     pub releases: Vec<String>,
+    /// Configured commands still running (see `remote.rs`).
+    pub running: Vec<super::remote::Running>,
 }
 
 impl HostState {
     /// Parses `key<TAB>value` lines; unknown keys are ignored so an older
     /// slipway can read a newer layout.
     pub fn parse(output: &str) -> Self {
-        let mut state = Self::default();
+        let mut state = Self {
+            running: super::remote::Running::parse(output),
+            ..Self::default()
+        };
         for line in output.lines() {
             let Some((key, value)) = line.split_once('\t') else {
                 continue;

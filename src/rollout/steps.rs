@@ -22,7 +22,7 @@ use super::{Cluster, Host, RolloutError};
 use crate::config::Health;
 use crate::notify::{Event, Phase, Sink};
 use crate::plan::Plan;
-use crate::transport::{Script, TransportError, Unquotable};
+use crate::transport::{Script, Unquotable};
 
 /// Per-host values, by host name (as written in the config).
 pub type PerHost<T> = Arc<BTreeMap<String, T>>;
@@ -235,11 +235,26 @@ pub async fn background(cluster: &Cluster, ctx: &StepCtx, start: bool) -> HostRe
     let plan = Arc::clone(&ctx.plan);
     let env = Arc::new(hook_env(&plan, &ctx.deploy_id));
     let which = if start { Phase::Start } else { Phase::Stop };
+    let id = ctx.deploy_id.clone();
     phase(cluster, ctx, which, move |host| {
         let mut script = Script::new();
-        for cmd in [&plan.workers, &plan.cron].into_iter().flatten() {
-            let command = if start { &cmd.start } else { &cmd.stop };
-            script = script.then(&host.layout.in_current(&env, command)?);
+        let jobs = [
+            (&plan.workers, ["workers-stop", "workers-start"]),
+            (&plan.cron, ["cron-stop", "cron-start"]),
+        ];
+        for (cmd, [stop, begin]) in jobs {
+            let Some(cmd) = cmd else { continue };
+            let (command, what) = if start {
+                (&cmd.start, begin)
+            } else {
+                (&cmd.stop, stop)
+            };
+            let job = super::layout::Job {
+                id: &id,
+                what,
+                timeout: None,
+            };
+            script = script.then(&host.layout.in_current(&job, &env, command)?);
         }
         Ok(script)
     })
@@ -283,41 +298,29 @@ pub async fn run_hook(cluster: &Cluster, ctx: &StepCtx, hook: &crate::plan::Hook
     let env = Arc::new(hook_env(&ctx.plan, &ctx.deploy_id));
     let (sink, command, timeout) = (Arc::clone(&ctx.sink), hook.command.clone(), hook.timeout);
     let release = ctx.plan.release_id.clone();
+    let deploy_id = ctx.deploy_id.clone();
     let results = each_timed(&one, &ctx.sink, Phase::Hook, move |host| {
         let dir = host.layout.release(&release);
-        let script = host
-            .layout
-            .user_command(&dir, &env, &command)
-            .map_err(|e| host.transport.unquotable(e))?;
         let name = host.name().to_owned();
-        let what = format!("the deploy hook `{command}`");
-        let exit = host
-            .transport
-            .exec(&script, None, Some(timeout), &mut |line| {
-                sink.emit(&Event::Output {
-                    host: name.clone(),
-                    line: line.to_owned(),
-                });
-            })
-            .map_err(|e| match e {
-                TransportError::Timeout { host, after, .. } => TransportError::Timeout {
-                    host,
-                    what: what.clone(),
-                    after,
-                },
-                other => other,
-            })?;
-        if exit.success() {
-            Ok(())
-        } else {
-            Err(TransportError::Failed {
-                host: name,
-                what,
-                code: exit.code,
-                tail: exit.tail,
-            }
-            .into())
-        }
+        let label = format!("the deploy hook `{command}`");
+        let cmd = super::remote::Command {
+            label: &label,
+            job: super::layout::Job {
+                id: &deploy_id,
+                what: "hook",
+                timeout: Some(timeout),
+            },
+            dir: &dir,
+            env: &env,
+            command: &command,
+        };
+        super::remote::run_supervised(host, &cmd, &mut |line| {
+            sink.emit(&Event::Output {
+                host: name.clone(),
+                line: line.to_owned(),
+            });
+        })?;
+        Ok(())
     })
     .await;
     named(&one, results)
@@ -325,13 +328,14 @@ pub async fn run_hook(cluster: &Cluster, ctx: &StepCtx, hook: &crate::plan::Hook
 
 /// Every host of `cluster` healthy on the plan's release.
 pub async fn health_check(cluster: &Cluster, ctx: &StepCtx, health: &Health) -> HostResults {
-    let (health, env, release) = (
+    let (health, env, release, id) = (
         health.clone(),
         Arc::new(hook_env(&ctx.plan, &ctx.deploy_id)),
         ctx.plan.release_id.clone(),
+        ctx.deploy_id.clone(),
     );
     let results = each_timed(cluster, &ctx.sink, Phase::Health, move |host| {
-        super::health::check(host, &health, &host.layout.release(&release), &env)
+        super::health::check(host, &health, &id, &host.layout.release(&release), &env)
     })
     .await;
     named(cluster, results)
@@ -438,6 +442,37 @@ pub async fn write_canary(
         ),
     });
     results
+}
+
+/// Stops whatever a dead rollout left running on each host (a hook past
+/// its runner), saying what was stopped; a host where something could not
+/// be stopped fails the step, so nothing is switched under a live hook.
+pub async fn stop_orphans(cluster: &Cluster, ctx: &StepCtx) -> HostResults {
+    let sink = Arc::clone(&ctx.sink);
+    let results = each_timed(cluster, &ctx.sink, Phase::Stop, move |host| {
+        let stopped = super::remote::stop_orphans(host)?;
+        for s in &stopped {
+            sink.emit(&Event::Note {
+                message: format!("{}: {s}", host.name()),
+            });
+        }
+        if let Some(alive) = stopped
+            .iter()
+            .find(|s| s.how == super::remote::Ended::StillRunning)
+        {
+            return Err(RolloutError::Transport(
+                crate::transport::TransportError::Failed {
+                    host: host.name().to_owned(),
+                    what: format!("stopping what a dead rollout left running ({alive})"),
+                    code: None,
+                    tail: String::new(),
+                },
+            ));
+        }
+        Ok(())
+    })
+    .await;
+    named(cluster, results)
 }
 
 /// Removes the canary record.

@@ -72,6 +72,18 @@ pub enum TransportError {
         what: String,
         after: Duration,
     },
+    #[error(
+        "on {host}: {what} did not finish within {}, and slipway could not stop it there: {reason}. The host itself stops it at its own deadline, {} after it started; `slipway recover` stops it sooner",
+        humantime::format_duration(*.after), humantime::format_duration(*.deadline)
+    )]
+    NotStopped {
+        host: String,
+        what: String,
+        after: Duration,
+        reason: String,
+        /// When the host itself stops it.
+        deadline: Duration,
+    },
     #[error("on {host}: {what} failed with {}{}", status_text(*.code), tail_text(.tail))]
     Failed {
         host: String,

@@ -367,35 +367,39 @@ impl OpenSsh {
             .spawn()
             .map_err(|source| self.spawn_error(source))?;
         let mut tail = Tail::default();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        // The readers are detached, not scoped: ssh hands its pipes to the
+        // master connection, so killing it at a deadline does not close
+        // them; they close when the remote command ends, which a timeout
+        // must not wait for (it is for commands that do not end).
+        let complaints = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.take(STDERR_LIMIT as u64).read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        let (lines, received) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::with_capacity(CHUNK, stdout);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                if lines
+                    .send(String::from_utf8_lossy(text).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
+                line.clear();
+            }
+        });
         let outcome = std::thread::scope(|scope| {
             let child_stdin = child.stdin.take();
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let stderr = child.stderr.take().expect("stderr is piped");
             let feeding = match (stdin, child_stdin) {
                 (Some(reader), Some(pipe)) => Some(scope.spawn(move || feed(reader, pipe))),
                 _ => None,
             };
-            let complaints = scope.spawn(move || {
-                let mut text = Vec::new();
-                let _ = stderr.take(STDERR_LIMIT as u64).read_to_end(&mut text);
-                String::from_utf8_lossy(&text).into_owned()
-            });
-            let (lines, received) = mpsc::channel::<String>();
-            scope.spawn(move || {
-                let mut reader = BufReader::with_capacity(CHUNK, stdout);
-                let mut line = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let text = text.strip_suffix(b"\r").unwrap_or(text);
-                    if lines
-                        .send(String::from_utf8_lossy(text).into_owned())
-                        .is_err()
-                    {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
             let finished = pump(&received, deadline, &mut |line: &str| {
                 tail.push(line);
                 on_line(line);
@@ -407,10 +411,9 @@ impl OpenSsh {
             }
             let status = child.wait();
             let fed = feeding.map(|f| f.join().unwrap_or(Ok(())));
-            let complaints = complaints.join().unwrap_or_default();
-            (finished, status, fed, complaints)
+            (finished, status, fed)
         });
-        let (finished, status, fed, complaints) = outcome;
+        let (finished, status, fed) = outcome;
         if !finished {
             return Err(TransportError::Timeout {
                 host: self.spec.clone(),
@@ -418,6 +421,7 @@ impl OpenSsh {
                 after: limit.unwrap_or_default(),
             });
         }
+        let complaints = complaints.join().unwrap_or_default();
         let status = status.map_err(|source| TransportError::Io {
             host: self.spec.clone(),
             what: "waiting for ssh".to_owned(),

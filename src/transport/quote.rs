@@ -137,15 +137,7 @@ impl Script {
         env: &[(String, String)],
         command: &str,
     ) -> Result<Self, Unquotable> {
-        let mut argv: Vec<String> = vec!["env".into()];
-        argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-        argv.extend([
-            "sh".into(),
-            "-c".into(),
-            LOAD_ENV_THEN_RUN.into(),
-            "slipway".into(),
-            command.into(),
-        ]);
+        let argv = user_argv(env, command);
         // A subshell, so the `cd` does not leak into later lines.
         let line = format!("(cd {} && {})\n", quote(dir)?, join(argv)?);
         let mut this = self;
@@ -187,6 +179,25 @@ impl fmt::Display for Script {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// The argument vector that runs a user-written shell command (from
+/// config) by its own `sh -c`, with `env` set and, when the directory it
+/// runs in holds a `.slipway.env` file, that file's variables exported
+/// first: `env K=V… sh -c <load env, then run $1> slipway <command>`. Each
+/// element is one word for [`join`]; the command is never parsed by the
+/// script around it.
+pub fn user_argv(env: &[(String, String)], command: &str) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["env".into()];
+    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    argv.extend([
+        "sh".into(),
+        "-c".into(),
+        LOAD_ENV_THEN_RUN.into(),
+        "slipway".into(),
+        command.into(),
+    ]);
+    argv
 }
 
 /// Joins arguments into one quoted command line.

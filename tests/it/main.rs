@@ -17,6 +17,7 @@ mod notify;
 mod operator;
 mod operator_history;
 mod output;
+mod remote;
 mod ssh;
 mod ssh_setups;
 mod strategies;
