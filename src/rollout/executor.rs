@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::program::{Op, Program};
-use super::state::{CanaryState, HostState, now};
+use super::state::{Action, CanaryState, HostState, now};
 use super::steps::{self, Clock, HostResults, PerHost, Report, Rollout, StepCtx};
 use super::{Cluster, RolloutError, lock};
 use crate::config::Health;
@@ -138,7 +138,7 @@ impl<'a> Walk<'a> {
     }
 
     async fn run(mut self) -> Result<Report, RolloutError> {
-        for step in &self.program.steps {
+        for (i, step) in self.program.steps.iter().enumerate() {
             if matches!(step.op, Op::Lock { .. } | Op::Unlock) {
                 continue;
             }
@@ -148,12 +148,14 @@ impl<'a> Walk<'a> {
                 .filter(|h| !self.lost.contains_key(*h))
                 .cloned()
                 .collect();
+            // Only the hosts still ahead count: past their commit (a recover
+            // that finishes commits first) a signal waits for the end.
             if let Some(signal) = self.r.interrupt.requested()
-                && self
-                    .program
-                    .hosts()
+                && self.program.steps[i..]
                     .iter()
-                    .any(|h| !self.committed.contains(h))
+                    .filter(|s| !matches!(s.op, Op::Lock { .. } | Op::Unlock))
+                    .flat_map(|s| &s.hosts)
+                    .any(|h| !self.committed.contains(h) && !self.lost.contains_key(h))
             {
                 let cause = format!(
                     "interrupted by {signal}; stopped before `{}` on {}",
@@ -387,7 +389,34 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        if !touched && phase == Phase::Stage && !failed.is_empty() {
+        // Without a stage (rollback, promote, revert) no undo step clears
+        // the journals the steps wrote: a clean rollback must not leave one
+        // behind, or the next rollout is refused as interrupted. A recover
+        // keeps them: its hosts may not be back yet, and it can run again.
+        let staged = done.iter().any(|(op, _)| *op == Op::Stage);
+        if !staged && self.program.action != Action::Recover {
+            let mut hosts: Vec<String> = Vec::new();
+            for (_, step_hosts) in &done {
+                for h in step_hosts {
+                    if !self.committed.contains(h) && !unreachable.contains(h) && !hosts.contains(h)
+                    {
+                        hosts.push(h.clone());
+                    }
+                }
+            }
+            if !hosts.is_empty() {
+                let finish = if touched { Op::RecordBack } else { Op::Forget };
+                let results = self.op(&finish, &self.cluster.subset(&hosts)).await;
+                for (host, result) in results {
+                    if result.is_err() {
+                        unreachable.insert(host);
+                    }
+                }
+            }
+        }
+        // A host lost on the way is reported as such (exit 4): it may keep
+        // a journal and the lock, which only `recover` clears.
+        if !touched && phase == Phase::Stage && !failed.is_empty() && unreachable.is_empty() {
             return RolloutError::Staging {
                 failed: failed.iter().map(|(h, _)| h.clone()).collect(),
                 errors: failed.into_iter().map(|(_, e)| e).collect(),
