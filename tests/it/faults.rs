@@ -453,10 +453,10 @@ async fn scenario(name: &str, strategy: Strategy, on_failure: OnFailure, action:
             (new_plan.clone(), program)
         }
         "recover-finish" | "recover-undo" => {
-            // A deploy of NEW that loses web3: after its commit (at open),
+            // A deploy of NEW that loses web3: after its commit (at record),
             // or before it (at switch).
             let at = if action == "recover-finish" {
-                Op::Open
+                Op::Record
             } else {
                 Op::Switch
             };
@@ -592,7 +592,9 @@ async fn case(s: &Scenario, k: usize, host: &str, kind: Kind) -> Result<(), Stri
     )
     .await;
     if !armed.fired.load(Ordering::SeqCst) {
-        return Err("the fault never fired: the step was not recognised".into());
+        return Err(format!(
+            "the fault never fired: the step was not recognised, or the rollout ended before it: {result:?}"
+        ));
     }
     let after: BTreeMap<&str, Seen> = HOSTS.iter().map(|h| (*h, seen(dir, h))).collect();
     let lost = kind == Kind::Lost;
@@ -772,10 +774,12 @@ async fn case(s: &Scenario, k: usize, host: &str, kind: Kind) -> Result<(), Stri
                         // stays until the next rollout breaks it.
                         now.lock = false;
                     }
+                    // A revert's journal names the release it reverts to:
+                    // recover completes the revert on the host that was lost.
                     let want = if kept.iter().any(|x| x == h) {
                         Some(p.release.clone())
-                    } else if p.action == Action::Revert && reached(h) {
-                        previous(h)
+                    } else if p.action == Action::Revert && (reached(h) || h == host) {
+                        final_release(p, h, &before)
                     } else {
                         before[h].current.clone()
                     };
@@ -882,7 +886,11 @@ fn known(scenario: &str, op: &Op, host: &str, kind: Kind) -> Option<&'static str
         // canary record; when the removal fails on a host, exit 4 says
         // `recover`, which finds no journal, and the stale canary record
         // refuses every later deploy until `promote` is run again.
-        ("canary promote", Op::ClearCanary, Kind::Error | Kind::Hang | Kind::Lost) => Some(
+        (
+            "canary promote" | "canary revert",
+            Op::ClearCanary,
+            Kind::Error | Kind::Hang | Kind::Lost,
+        ) => Some(
             "a failed canary-record removal after promote: no journal, so `recover` does nothing",
         ),
         // A batch rolled back while one of its hosts was lost: that host's
@@ -890,7 +898,7 @@ fn known(scenario: &str, op: &Op, host: &str, kind: Kind) -> Option<&'static str
         // so `recover` finishes the rollout on it alone (the later batches
         // stay on the old release).
         (
-            "rolling (rollback-batch) deploy",
+            "rolling (rollback-batch) deploy" | "rolling (rollback-batch) rollback",
             Op::Stop | Op::Switch | Op::Health | Op::Start,
             Kind::Lost,
         ) if host != "web1" => Some("recover finishes a rolled-back batch on the lost host only"),

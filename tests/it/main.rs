@@ -8,6 +8,7 @@ mod artifact_trust;
 mod bounds;
 mod ci;
 mod deb;
+mod fault_stories;
 mod faults;
 mod help;
 mod hooks;
