@@ -778,7 +778,9 @@ async fn case(s: &Scenario, k: usize, host: &str, kind: Kind) -> Result<(), Stri
                     // recover completes the revert on the host that was lost.
                     let want = if kept.iter().any(|x| x == h) {
                         Some(p.release.clone())
-                    } else if p.action == Action::Revert && (reached(h) || h == host) {
+                    } else if p.action == Action::Revert
+                        && (reached(h) || (h == host && after[host].journal.is_some()))
+                    {
                         final_release(p, h, &before)
                     } else {
                         before[h].current.clone()
@@ -898,14 +900,19 @@ fn known(scenario: &str, op: &Op, host: &str, kind: Kind) -> Option<&'static str
         // so `recover` finishes the rollout on it alone (the later batches
         // stay on the old release).
         (
-            "rolling (rollback-batch) deploy" | "rolling (rollback-batch) rollback",
+            "rolling (rollback-batch) deploy",
             Op::Stop | Op::Switch | Op::Health | Op::Start,
             Kind::Lost,
-        ) if host != "web1" => Some("recover finishes a rolled-back batch on the lost host only"),
+        )
+        | ("rolling (rollback-batch) rollback", Op::Switch | Op::Health | Op::Start, Kind::Lost)
+            if host != "web1" =>
+        {
+            Some("recover finishes a rolled-back batch on the lost host only")
+        }
         // The host was closed before this recover began (the rollout it
         // recovers closed it); the executor only counts closes it saw, so
         // losing it again says "never closed".
-        ("Gated recover-undo" | "Rolling recover-undo", Op::Close, Kind::Lost) => {
+        ("Gated recover-undo", Op::Close, Kind::Lost) => {
             Some("a host closed by the dead rollout and lost again is called never closed")
         }
         _ => None,
