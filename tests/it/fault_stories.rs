@@ -195,3 +195,81 @@ fn a_deploy_piped_into_head_completes_and_exits_0() {
         assert!(!web.hosts.is_closed(i));
     }
 }
+
+/// The issue: a host lost right after the cluster opened (its sshd gone
+/// while its workers start) left the deploy claiming success or undoing
+/// what already served. Now the deploy exits 4 naming that host, the
+/// others serve the new release, and once the host answers again one
+/// `recover` finishes it there. The harness cannot restart an sshd with
+/// the same host key, so the host is cut off by freezing its sshd (SIGSTOP
+/// to the listener and every connection) and brought back by thawing it.
+#[test]
+fn a_host_lost_right_after_open_is_named_and_recover_finishes_it() {
+    let web = SshWeb::new(
+        r#"workers = { start = "touch ../../shared/workers-started && sleep 2", stop = "true" }"#,
+    );
+    web.slipway(&["deploy", "production"]).success();
+    for i in 0..3 {
+        std::fs::remove_file(web.hosts.root(i).join("shared/workers-started")).expect("marker");
+    }
+    let nginx = web.servers();
+    let load = Load::start(
+        &nginx.iter().map(|n| n.addr).collect::<Vec<_>>(),
+        "/version.txt",
+        200_000,
+    );
+    release(&web.app, 2);
+    let flags = ssh_flags(&web.cluster);
+    let mut deploy = slipway_for(web.app.path(), &web.cluster)
+        .args(["deploy", "production", "--command-timeout", "5s"])
+        .args(["--connect-timeout", "3s"])
+        .args(&flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("slipway starts");
+    // Host 3 starts its workers: it is open on the new release already.
+    wait_for(
+        &web.hosts.root(2).join("shared/workers-started"),
+        &mut deploy,
+    );
+    web.cluster.hosts[2].freeze();
+    let out = deploy.wait_with_output().expect("slipway ends");
+    web.cluster.hosts[2].thaw();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    let lost = web.cluster.hosts[2].spec("root");
+    assert!(text.contains(&lost), "names the lost host: {text}");
+    assert!(
+        web.hosts.read(2, ".slipway/journal.json").is_some(),
+        "the lost host keeps its journal"
+    );
+    let v2 = web.hosts.current(0).expect("host 1 live");
+    assert_eq!(web.hosts.current(1).as_deref(), Some(v2.as_str()));
+
+    web.slipway(&["recover", "production"])
+        .success()
+        .contains("finishing it");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_settled(&web, &v2);
+    let log = load.finish();
+    let all: Vec<&Response> = log.iter().flatten().collect();
+    let last_old = all
+        .iter()
+        .filter(|r| version(r) == Some(1))
+        .map(|r| r.started)
+        .max();
+    let first_new = all
+        .iter()
+        .filter(|r| version(r) == Some(2))
+        .map(|r| r.started)
+        .min();
+    assert!(
+        matches!((last_old, first_new), (Some(a), Some(b)) if a < b),
+        "never two versions served at once"
+    );
+}
