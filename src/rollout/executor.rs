@@ -9,9 +9,12 @@
 //!   uncommitted host, then records the rollback: every reachable host ends
 //!   on the release it ran before, open;
 //! - after it, nothing is undone: a host that fails is dropped from the
-//!   remaining steps, keeps its journal (marked committed, so `recover`
-//!   finishes the rollout there) and the result is exit 4 naming each
-//!   host's state;
+//!   remaining steps, keeps its journal (so `recover` finishes the
+//!   rollout there: the journal says committed, or another host recorded
+//!   the release) and the result is exit 4 naming each host's state;
+//! - an undo leaves no journal on a reachable host (with a stage, the
+//!   stage's undo records the rollback; without one, the executor does),
+//!   except in `recover`, whose journals stay until it completes;
 //! - `Ok` means every host of the program ran every step.
 
 use std::collections::{BTreeMap, BTreeSet};
