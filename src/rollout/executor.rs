@@ -9,9 +9,12 @@
 //!   uncommitted host, then records the rollback: every reachable host ends
 //!   on the release it ran before, open;
 //! - after it, nothing is undone: a host that fails is dropped from the
-//!   remaining steps, keeps its journal (marked committed, so `recover`
-//!   finishes the rollout there) and the result is exit 4 naming each
-//!   host's state;
+//!   remaining steps, keeps its journal (so `recover` finishes the
+//!   rollout there: the journal says committed, or another host recorded
+//!   the release) and the result is exit 4 naming each host's state;
+//! - an undo leaves no journal on a reachable host (with a stage, the
+//!   stage's undo records the rollback; without one, the executor does),
+//!   except in `recover`, whose journals stay until it completes;
 //! - `Ok` means every host of the program ran every step.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::program::{Op, Program};
-use super::state::{CanaryState, HostState, now};
+use super::state::{Action, CanaryState, HostState, now};
 use super::steps::{self, Clock, HostResults, PerHost, Report, Rollout, StepCtx};
 use super::{Cluster, RolloutError, lock};
 use crate::config::Health;
@@ -146,7 +149,7 @@ impl<'a> Walk<'a> {
     }
 
     async fn run(mut self) -> Result<Report, RolloutError> {
-        for step in &self.program.steps {
+        for (i, step) in self.program.steps.iter().enumerate() {
             if matches!(step.op, Op::Lock { .. } | Op::Unlock) {
                 continue;
             }
@@ -156,12 +159,14 @@ impl<'a> Walk<'a> {
                 .filter(|h| !self.lost.contains_key(*h))
                 .cloned()
                 .collect();
+            // Only the hosts still ahead count: past their commit (a recover
+            // that finishes commits first) a signal waits for the end.
             if let Some(signal) = self.r.interrupt.requested()
-                && self
-                    .program
-                    .hosts()
+                && self.program.steps[i..]
                     .iter()
-                    .any(|h| !self.committed.contains(h))
+                    .filter(|s| !matches!(s.op, Op::Lock { .. } | Op::Unlock))
+                    .flat_map(|s| &s.hosts)
+                    .any(|h| !self.committed.contains(h) && !self.lost.contains_key(h))
             {
                 let cause = format!(
                     "interrupted by {signal}; stopped before `{}` on {}",
@@ -184,7 +189,13 @@ impl<'a> Walk<'a> {
                 }
                 Op::Commit => {
                     self.committed.extend(hosts);
-                    self.ctx.committed = Arc::new(self.committed.clone());
+                    // Journals say "committed" only when going forward
+                    // means the new release: a revert or an undoing recover
+                    // that stops past its commit must still be taken back,
+                    // not forward, by the next recover.
+                    if self.program.steps.iter().any(|s| s.op == Op::Switch) {
+                        self.ctx.committed = Arc::new(self.committed.clone());
+                    }
                     continue;
                 }
                 op => {
@@ -205,7 +216,10 @@ impl<'a> Walk<'a> {
                 .collect();
             let mut early = Vec::new();
             for (host, error) in failed {
-                if self.committed.contains(&host) {
+                // A host where what a dead rollout left running cannot be
+                // stopped is not touched by this recover at all: it is left
+                // out (exit 4, recover again), never undone around.
+                if self.committed.contains(&host) || step.op == Op::StopOrphans {
                     self.lost
                         .insert(host, format!("failed at {}: {error}", step.op.phase()));
                 } else {
@@ -413,7 +427,34 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        if !touched && phase == Phase::Stage && !failed.is_empty() {
+        // Without a stage (rollback, promote, revert) no undo step clears
+        // the journals the steps wrote: a clean rollback must not leave one
+        // behind, or the next rollout is refused as interrupted. A recover
+        // keeps them: its hosts may not be back yet, and it can run again.
+        let staged = done.iter().any(|(op, _)| *op == Op::Stage);
+        if !staged && self.program.action != Action::Recover {
+            let mut hosts: Vec<String> = Vec::new();
+            for (_, step_hosts) in &done {
+                for h in step_hosts {
+                    if !self.committed.contains(h) && !unreachable.contains(h) && !hosts.contains(h)
+                    {
+                        hosts.push(h.clone());
+                    }
+                }
+            }
+            if !hosts.is_empty() {
+                let finish = if touched { Op::RecordBack } else { Op::Forget };
+                let results = self.op(&finish, &self.cluster.subset(&hosts)).await;
+                for (host, result) in results {
+                    if result.is_err() {
+                        unreachable.insert(host);
+                    }
+                }
+            }
+        }
+        // A host lost on the way is reported as such (exit 4): it may keep
+        // a journal and the lock, which only `recover` clears.
+        if !touched && phase == Phase::Stage && !failed.is_empty() && unreachable.is_empty() {
             return RolloutError::Staging {
                 failed: failed.iter().map(|(h, _)| h.clone()).collect(),
                 errors: failed.into_iter().map(|(_, e)| e).collect(),
@@ -439,8 +480,18 @@ impl<'a> Walk<'a> {
 
     /// One line per host: where it is, as far as slipway knows.
     fn describe(&self) -> Vec<String> {
+        // Hosts a step other than the lock's names; the others were never
+        // part of what this program changes.
+        let involved: BTreeSet<&String> = self
+            .program
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.op, Op::Lock { .. } | Op::Unlock))
+            .flat_map(|s| &s.hosts)
+            .collect();
         self.track
             .iter()
+            .filter(|(host, _)| involved.contains(host))
             .map(|(host, t)| {
                 let on = t.on.as_deref().unwrap_or("no release");
                 let serving = if t.closed { "closed" } else { "open" };

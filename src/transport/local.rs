@@ -153,7 +153,12 @@ impl Transport for Local {
                 match rx.recv_timeout(POLL) {
                     Ok(line) => on(line),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+                    // Output is closed: the script is ending. Look again
+                    // soon rather than a whole poll interval later (each
+                    // step's round trip on a `local:` host is this wait).
+                    Err(RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
                 if let Some(status) = child.try_wait().map_err(|e| self.io("waiting for sh", e))? {
                     while let Ok(line) = rx.recv_timeout(DRAIN) {

@@ -9,6 +9,8 @@ mod bounds;
 mod ci;
 mod cleanup;
 mod deb;
+mod fault_stories;
+mod faults;
 mod help;
 mod hooks;
 mod local;

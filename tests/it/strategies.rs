@@ -11,14 +11,14 @@ use crate::support::{App, LocalHosts};
 
 /// The same stories over real SSH: three sshd hosts whose deploy roots are
 /// folders nginx serves directly.
-struct SshWeb {
-    app: App,
-    hosts: LocalHosts,
-    cluster: SshCluster,
+pub(crate) struct SshWeb {
+    pub(crate) app: App,
+    pub(crate) hosts: LocalHosts,
+    pub(crate) cluster: SshCluster,
 }
 
 impl SshWeb {
-    fn new(env: &str) -> Self {
+    pub(crate) fn new(env: &str) -> Self {
         let cluster = SshCluster::start(3);
         let app = App::new("", &[("public/version.txt", "1\n")]);
         let hosts = LocalHosts {
@@ -34,14 +34,14 @@ impl SshWeb {
         }
     }
 
-    fn slipway(&self, args: &[&str]) -> Run {
+    pub(crate) fn slipway(&self, args: &[&str]) -> Run {
         run_over_ssh(self.app.path(), &self.cluster, args)
     }
 
     /// One nginx per host: the snippet `slipway nginx` prints (the same
     /// path on every SSH host) pointed at the folder behind each host's
     /// deploy root.
-    fn servers(&self) -> Vec<Nginx> {
+    pub(crate) fn servers(&self) -> Vec<Nginx> {
         let out = self
             .slipway(&["nginx", "production", "--retry-after", "7"])
             .success()
@@ -88,7 +88,7 @@ fn setup(n: usize, env: &str) -> (App, LocalHosts) {
     (app, hosts)
 }
 
-fn release(app: &App, version: u32) {
+pub(crate) fn release(app: &App, version: u32) {
     app.commit(
         &format!("Version {version}"),
         &[("public/version.txt", &format!("{version}\n"))],
@@ -125,7 +125,7 @@ fn servers(app: &App, hosts: &LocalHosts) -> Vec<Nginx> {
         .collect()
 }
 
-fn version(r: &Response) -> Option<u32> {
+pub(crate) fn version(r: &Response) -> Option<u32> {
     (r.status == 200).then(|| r.body.parse().ok()).flatten()
 }
 
