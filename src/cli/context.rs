@@ -302,6 +302,47 @@ impl Context {
         )
     }
 
+    /// What the working tree holds that the deployed commit does not, in
+    /// one line each: slipway deploys commits, so an uncommitted edit (of
+    /// the config above all) is named before anything happens, never
+    /// silently left out. Empty for a bare repository or without `git`.
+    pub fn working_tree_notes(&self, loaded: &Loaded) -> Vec<String> {
+        let Ok(out) = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.repo)
+            .args(["status", "--porcelain=v1", "-z", "--untracked-files=normal"])
+            .output()
+        else {
+            return Vec::new();
+        };
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let entries: Vec<String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|e| e.len() > 3)
+            .map(|e| String::from_utf8_lossy(&e[3..]).into_owned())
+            .collect();
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        let mut notes = Vec::new();
+        if entries.contains(&self.config_path) {
+            notes.push(format!(
+                "{} has uncommitted changes (or is not committed): slipway uses the one in {}; commit it to use your edit",
+                self.config_path, loaded.commit.short
+            ));
+        }
+        notes.push(format!(
+            "the working tree has {} uncommitted change(s) (e.g. {}); deploying commit {} as committed",
+            entries.len(),
+            entries.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            loaded.commit.short
+        ));
+        notes
+    }
+
     /// Connects to every host of `env`; nothing is touched if one fails.
     pub async fn connect(&self, env: &Environment) -> anyhow::Result<Cluster> {
         let options = self.connect.clone();

@@ -164,6 +164,9 @@ async fn deploy_as_told(
     if args.git_ref.is_none() && !args.force {
         ctx.refuse_if_behind_upstream(&loaded)?;
     }
+    for note in ctx.working_tree_notes(&loaded) {
+        ctx.out.warn(&note);
+    }
     if !args.force
         && !args.dry_run
         && let Some(states) = live_states(ctx, &loaded, &args.environment).await

@@ -85,14 +85,35 @@ pub async fn status(ctx: &Context, args: &EnvArgs) -> anyhow::Result<u8> {
                 for running in &state.running {
                     parts.push(format!("{running} still running"));
                 }
+                // A journal is a live rollout's while its runner still
+                // renews the lease on the same deploy id; only then is it
+                // "in progress" rather than interrupted.
+                let live = |id: &str| match (&state.lock, state.lock_age) {
+                    (Some(Ok(owner)), Some(age)) => {
+                        owner.deploy_id == id
+                            && owner
+                                .lease_ms
+                                .is_some_and(|lease| age.as_millis() < u128::from(lease))
+                    }
+                    _ => false,
+                };
                 if let Some(journal) = &state.journal {
-                    code = exit::ATTENTION;
                     parts.push(match journal {
-                        Ok(j) => format!(
-                            "INTERRUPTED rollout {} at {} (run `slipway recover`)",
+                        Ok(j) if live(&j.deploy_id) => format!(
+                            "rollout {} IN PROGRESS at {} (its runner renews the lease)",
                             j.deploy_id, j.phase
                         ),
-                        Err(_) => "INTERRUPTED rollout (unreadable journal)".to_owned(),
+                        Ok(j) => {
+                            code = exit::ATTENTION;
+                            format!(
+                                "INTERRUPTED rollout {} at {} (run `slipway recover {}`)",
+                                j.deploy_id, j.phase, args.environment
+                            )
+                        }
+                        Err(_) => {
+                            code = exit::ATTENTION;
+                            "INTERRUPTED rollout (unreadable journal)".to_owned()
+                        }
                     });
                 }
                 format!("  {}  {}", host.host, parts.join(", "))
@@ -199,6 +220,21 @@ pub async fn check(ctx: &Context, args: &CheckArgs) -> anyhow::Result<u8> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    // Config is read from commits; an edit not yet committed is not what
+    // was checked, and must not look as if it were.
+    let edited = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&ctx.repo)
+        .args(["status", "--porcelain=v1", "--"])
+        .arg(&ctx.config_path)
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if edited {
+        ctx.out.warn(&format!(
+            "the working tree's {} differs from {}'s (what was checked); commit it and run `slipway check` again to check your edit",
+            ctx.config_path, commit.short
+        ));
+    }
     Ok(exit::OK)
 }
 

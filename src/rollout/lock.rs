@@ -389,13 +389,37 @@ async fn wait_out(
         owner: holder.to_string(),
         why: lease.why_live(environment),
     };
-    let (Some(length), Some(youngest)) = (lease.length, lease.youngest) else {
+    let (Some(length), Some(mut youngest)) = (lease.length, lease.youngest) else {
         return Err(refuse(&lease));
     };
-    // Still being renewed: a live rollout. Two renewal intervals leave room
-    // for one late renewal before calling it stopped.
-    if youngest < 2 * renew_every(length) {
-        return Err(refuse(&lease));
+    let mut lease = lease;
+    // Renewed lately: alive, or died a moment ago (recover run right after
+    // a crash). Watch it for two renewal intervals, room for one late
+    // renewal: renewed meanwhile is a live rollout, refused; not renewed,
+    // its runner is gone and the lease is waited out below.
+    let watch_for = 2 * renew_every(length);
+    if youngest < watch_for {
+        let watch = watch_for - youngest + Duration::from_millis(200);
+        sink.emit(&Event::Note {
+            message: format!(
+                "the lease of {} ({}) was renewed {} ago; watching it for {} to see whether its runner is alive",
+                holder.deploy_id,
+                holder.who,
+                secs(youngest),
+                secs(watch)
+            ),
+        });
+        tokio::time::sleep(watch).await;
+        let again = survey(cluster, &holder).await?;
+        if again.hosts.is_empty() {
+            // It finished and let go: it was alive.
+            return Ok(None);
+        }
+        match again.youngest {
+            Some(y) if y >= watch_for => youngest = y,
+            _ => return Err(refuse(&again)),
+        }
+        lease = again;
     }
     if !lease.expired() {
         // A little past the lease, so every host's clock has passed it.

@@ -163,6 +163,13 @@ fn recover_refuses_a_live_rollout_and_waits_out_a_dead_ones_lease() {
     // Longer than the lease: only the heartbeat keeps it live.
     std::thread::sleep(Duration::from_secs(4));
 
+    // `status` used to call the live rollout INTERRUPTED (exit 4).
+    story
+        .app
+        .slipway(&["status", "production"])
+        .success()
+        .contains("IN PROGRESS")
+        .lacks("INTERRUPTED");
     story
         .app
         .slipway(&["recover", "production"])

@@ -889,3 +889,46 @@ matrix = {{ homeserver = "{}", room_id = "#deploys:example.org", token_env = "MA
         );
     }
 }
+
+/// Only `deploy` used to notify: a rollback (and promote, revert, recover)
+/// told chat and monitoring nothing. A rollback now tells Slack it started
+/// and where production went back to, and leaves a New Relic marker for
+/// the release that is live again.
+#[test]
+fn a_rollback_tells_slack_and_leaves_a_marker_for_the_release_live_again() {
+    let (slack, newrelic) = (StandIn::start(), StandIn::start());
+    let notify = format!(
+        "[notify]\nslack = {{ webhook_env = \"SLACK_WEBHOOK_URL\" }}\nnewrelic = {{ api_key_env = \"NEW_RELIC_API_KEY\", entity_guid = \"MXxBUE18QVBQ\", endpoint = \"{}\" }}",
+        newrelic.url()
+    );
+    let (app, hosts) = app_with_notify(&notify, "true");
+    let url = format!("{}/services/{SLACK_SECRET}", slack.url());
+    let env = [
+        ("SLIPWAY_USER", "alice"),
+        ("SLACK_WEBHOOK_URL", url.as_str()),
+        ("NEW_RELIC_API_KEY", API_KEY),
+    ];
+    app.slipway_env(&["deploy", "production"], &env).success();
+    let first = hosts.current(0).expect("deployed");
+    app.commit("v2", &[("public/index.html", "v2\n")]);
+    app.slipway_env(&["deploy", "production"], &env).success();
+    let deploys = slack.wait_for(4, Duration::from_secs(5)).len();
+    let markers = newrelic.wait_for(2, Duration::from_secs(5)).len();
+
+    app.slipway_env(&["rollback", "production"], &env)
+        .success()
+        .lacks(SLACK_SECRET)
+        .lacks(API_KEY);
+    assert_eq!(hosts.current(0).as_deref(), Some(first.as_str()));
+    let said = slack.wait_for(deploys + 2, Duration::from_secs(5));
+    let said = &said[deploys..];
+    assert_eq!(said.len(), 2, "{said:#?}");
+    said[0].assert_str_contains("/text", &["rolling back to", &first, "alice"]);
+    said[1].assert_str_contains("/text", &["rolled back to", &first, "production"]);
+    let marked = newrelic.wait_for(markers + 1, Duration::from_secs(5));
+    let marker = marked.last().expect("a marker for the rollback");
+    marker
+        .assert_request("POST", "/graphql")
+        .assert_header("api-key", API_KEY);
+    assert_eq!(marker.str("/variables/deployment/version"), first);
+}

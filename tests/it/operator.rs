@@ -218,3 +218,37 @@ fn deploy_json_is_one_document_for_scripts() {
     assert_eq!(refused["exit_code"], 2);
     assert!(refused["error"].as_str().unwrap().contains("nowhere"));
 }
+
+/// An uncommitted edit to slipway.toml used to be checked as if it were
+/// the committed one, and a deploy never mentioned uncommitted changes.
+/// Both now say which commit they used and what the working tree holds.
+#[test]
+fn check_and_deploy_name_uncommitted_changes() {
+    let app = App::new("", &[("index.html", "v1\n")]);
+    let hosts = LocalHosts::new(&app, 1);
+    app.commit(
+        "Configure",
+        &[("slipway.toml", &hosts.production_config(""))],
+    );
+    let committed = app.head();
+    std::fs::write(
+        app.path().join("slipway.toml"),
+        hosts.production_config("keep_releases = 2"),
+    )
+    .unwrap();
+    std::fs::write(app.path().join("index.html"), "v2, not committed\n").unwrap();
+    app.slipway(&["check"])
+        .success()
+        .contains("differs from")
+        .contains(&committed[..7]);
+    app.slipway(&["deploy", "production"])
+        .success()
+        .contains("slipway.toml has uncommitted changes")
+        .contains("uncommitted change(s)");
+    let live = hosts.root(0).join("current/index.html");
+    assert_eq!(
+        std::fs::read_to_string(live).unwrap(),
+        "v1\n",
+        "the commit, not the tree"
+    );
+}
