@@ -132,6 +132,12 @@ pub fn plan(
 }
 
 impl Plan {
+    /// Whether workers or cron are configured: the programs stop and start
+    /// them around every switch.
+    pub fn has_background(&self) -> bool {
+        self.workers.is_some() || self.cron.is_some()
+    }
+
     /// The plan as a person reads it (`deploy --dry-run`).
     pub fn render(&self) -> String {
         use std::fmt::Write as _;

@@ -39,32 +39,15 @@ pub fn refuse_canary(states: &[HostState], environment: &str) -> Result<(), Roll
 /// then the canary record on every host.
 pub fn program(plan: &Plan) -> Program {
     let all = &plan.hosts;
-    let background = plan.workers.is_some() || plan.cron.is_some();
+    let background = plan.has_background();
     let (stage1, stage2) = stages(plan);
-    let mut p = Program::new(
-        Action::Deploy,
-        "canary",
-        &plan.environment,
-        &plan.release_id,
-    );
-    p.step(Op::Lock { recovery: false }, all)
-        .step(
-            Op::Inspect {
-                refuse_canary: true,
-                require: false,
-            },
-            all,
-        )
-        .step(Op::Stage, all);
-    if let Some(hook) = &plan.hook {
-        p.step(
-            Op::Hook {
-                command: hook.command.clone(),
-                timeout: hook.timeout,
-            },
-            std::slice::from_ref(&hook.host),
-        );
-    }
+    let inspect = Op::Inspect {
+        refuse_canary: true,
+        require: false,
+    };
+    let mut p = Program::locked(Action::Deploy, "canary", plan, &plan.release_id, inspect);
+    p.step(Op::Stage, all);
+    p.hook(plan);
     // Stage 1: the canaries, checked by health and their own command.
     if background {
         p.step(Op::Stop, &stage1);
@@ -138,26 +121,18 @@ pub async fn current(cluster: &Cluster, environment: &str) -> Result<CanaryState
 /// canary stays as it was.
 pub fn promote_program(plan: &Plan, canary: &CanaryState) -> Program {
     let all = &plan.hosts;
-    let background = plan.workers.is_some() || plan.cron.is_some();
+    let background = plan.has_background();
     let rest: Vec<String> = all
         .iter()
         .filter(|h| !canary.switched.contains(h))
         .cloned()
         .collect();
-    let mut p = Program::new(
-        Action::Promote,
-        "canary",
-        &plan.environment,
-        &canary.release,
-    );
+    let inspect = Op::Inspect {
+        refuse_canary: false,
+        require: true,
+    };
+    let mut p = Program::locked(Action::Promote, "canary", plan, &canary.release, inspect);
     p.previous = Some(canary.previous.clone());
-    p.step(Op::Lock { recovery: false }, all).step(
-        Op::Inspect {
-            refuse_canary: false,
-            require: true,
-        },
-        all,
-    );
     switch_and_check(&mut p, plan, &rest, background);
     p.step(Op::Commit, all)
         .step(Op::Record, all)
@@ -170,21 +145,18 @@ pub fn promote_program(plan: &Plan, canary: &CanaryState) -> Program {
 /// back to what each ran before; the canary record goes.
 pub fn revert_program(plan: &Plan, canary: &CanaryState) -> Program {
     let all = &plan.hosts;
-    let background = plan.workers.is_some() || plan.cron.is_some();
+    let background = plan.has_background();
     let switched: Vec<String> = all
         .iter()
         .filter(|h| canary.switched.contains(h))
         .cloned()
         .collect();
-    let mut p = Program::new(Action::Revert, "revert", &plan.environment, &canary.release);
+    let inspect = Op::Inspect {
+        refuse_canary: false,
+        require: false,
+    };
+    let mut p = Program::locked(Action::Revert, "revert", plan, &canary.release, inspect);
     p.previous = Some(canary.previous.clone());
-    p.step(Op::Lock { recovery: false }, all).step(
-        Op::Inspect {
-            refuse_canary: false,
-            require: false,
-        },
-        all,
-    );
     if background {
         p.step(Op::Stop, &switched);
     }

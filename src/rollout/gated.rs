@@ -30,15 +30,12 @@ use crate::plan::Plan;
 pub fn program(plan: &Plan, action: Action) -> Program {
     let all = &plan.hosts;
     let deploy = action == Action::Deploy;
-    let background = plan.workers.is_some() || plan.cron.is_some();
-    let mut p = Program::new(action, "gated", &plan.environment, &plan.release_id);
-    p.step(Op::Lock { recovery: false }, all).step(
-        Op::Inspect {
-            refuse_canary: true,
-            require: !deploy,
-        },
-        all,
-    );
+    let background = plan.has_background();
+    let inspect = Op::Inspect {
+        refuse_canary: true,
+        require: !deploy,
+    };
+    let mut p = Program::locked(action, "gated", plan, &plan.release_id, inspect);
     if deploy {
         p.step(Op::Stage, all);
     }
@@ -46,14 +43,8 @@ pub fn program(plan: &Plan, action: Action) -> Program {
         p.step(Op::Stop, all);
     }
     p.step(Op::Close, all).step(Op::Switch, all);
-    if let (Some(hook), true) = (&plan.hook, deploy) {
-        p.step(
-            Op::Hook {
-                command: hook.command.clone(),
-                timeout: hook.timeout,
-            },
-            std::slice::from_ref(&hook.host),
-        );
+    if deploy {
+        p.hook(plan);
     }
     if plan.health.is_some() {
         p.step(Op::Health, all);

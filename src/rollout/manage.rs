@@ -270,7 +270,7 @@ pub fn recovery(hosts: &[(String, HostState, Vec<HistoryEntry>)]) -> Option<Reco
 pub fn recover_program(plan: &crate::plan::Plan, rec: &Recovery, all: &[String]) -> super::Program {
     use super::program::{Op, Program};
     let j = &rec.hosts;
-    let background = plan.workers.is_some() || plan.cron.is_some();
+    let background = plan.has_background();
     let mut p = Program::new(Action::Recover, "recover", &plan.environment, &rec.release);
     p.previous = Some(rec.previous.clone());
     p.step(Op::Lock { recovery: true }, all)

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::state::Action;
 use crate::notify::Phase;
+use crate::plan::Plan;
 
 /// A rollout, compiled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -247,6 +248,35 @@ impl Program {
             previous: None,
             steps: Vec::new(),
         }
+    }
+
+    /// Starts a program over every host of `plan` that takes the lock and
+    /// reads the hosts (`inspect`, an [`Op::Inspect`]) before anything else.
+    pub fn locked(
+        action: Action,
+        shape: &'static str,
+        plan: &Plan,
+        release: &str,
+        inspect: Op,
+    ) -> Self {
+        let mut p = Self::new(action, shape, &plan.environment, release);
+        p.step(Op::Lock { recovery: false }, &plan.hosts)
+            .step(inspect, &plan.hosts);
+        p
+    }
+
+    /// Adds the deploy hook of `plan`, on its one host, if it has one.
+    pub fn hook(&mut self, plan: &Plan) -> &mut Self {
+        if let Some(hook) = &plan.hook {
+            self.step(
+                Op::Hook {
+                    command: hook.command.clone(),
+                    timeout: hook.timeout,
+                },
+                std::slice::from_ref(&hook.host),
+            );
+        }
+        self
     }
 
     /// Adds `op` over `hosts`; a step over no host is left out.

@@ -21,26 +21,15 @@ use crate::plan::Plan;
 pub fn program(plan: &Plan, action: Action) -> Program {
     let all = &plan.hosts;
     let deploy = action == Action::Deploy;
-    let background = plan.workers.is_some() || plan.cron.is_some();
-    let mut p = Program::new(action, "rolling", &plan.environment, &plan.release_id);
-    p.step(Op::Lock { recovery: false }, all).step(
-        Op::Inspect {
-            refuse_canary: true,
-            require: !deploy,
-        },
-        all,
-    );
+    let background = plan.has_background();
+    let inspect = Op::Inspect {
+        refuse_canary: true,
+        require: !deploy,
+    };
+    let mut p = Program::locked(action, "rolling", plan, &plan.release_id, inspect);
     if deploy {
         p.step(Op::Stage, all);
-        if let Some(hook) = &plan.hook {
-            p.step(
-                Op::Hook {
-                    command: hook.command.clone(),
-                    timeout: hook.timeout,
-                },
-                std::slice::from_ref(&hook.host),
-            );
-        }
+        p.hook(plan);
     }
     // A batch of zero hosts would never finish; at least one host per batch.
     let per = plan.batch.of(all.len()).max(1);
