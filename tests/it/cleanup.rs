@@ -144,26 +144,7 @@ fn a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly(ssh: &
     assert!(!text.contains("banner exchange"), "no reconnect:\n{text}");
 }
 
-/// Declares, for one transport, a test per story above.
-macro_rules! stories_over {
-    ($transport:ident, $($story:ident,)*) => {
-        mod $transport {
-            $(
-                #[test]
-                fn $story() {
-                    super::$story(stringify!($transport));
-                }
-            )*
-        }
-    };
-}
-
-stories_over!(
-    openssh,
-    a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly,
-);
-stories_over!(
-    libssh2,
+stories_over_each_transport!(
     a_host_frozen_during_its_deploy_hook_is_declared_lost_once_and_quickly,
 );
 

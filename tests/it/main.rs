@@ -2,6 +2,7 @@
 //! (`tests/support/`), real git, real files, real servers.
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod artifact_trust;

@@ -313,29 +313,7 @@ fn stop_orphans_stops_a_hook_left_running_by_a_dead_runner(ssh: &'static str) {
     assert!(remote::stop_orphans(&host).expect("stops").is_empty());
 }
 
-/// Declares, for one transport, a test per story above.
-macro_rules! stories_over {
-    ($transport:ident, $($story:ident,)*) => {
-        mod $transport {
-            $(
-                #[test]
-                fn $story() {
-                    super::$story(stringify!($transport));
-                }
-            )*
-        }
-    };
-}
-
-stories_over!(
-    openssh,
-    a_hook_past_its_timeout_is_dead_on_the_host_and_the_deploy_rolls_back,
-    a_health_command_past_its_timeout_is_dead_on_every_host,
-    a_hook_whose_runner_died_ends_at_its_own_deadline_on_the_host,
-    stop_orphans_stops_a_hook_left_running_by_a_dead_runner,
-);
-stories_over!(
-    libssh2,
+stories_over_each_transport!(
     a_hook_past_its_timeout_is_dead_on_the_host_and_the_deploy_rolls_back,
     a_health_command_past_its_timeout_is_dead_on_every_host,
     a_hook_whose_runner_died_ends_at_its_own_deadline_on_the_host,

@@ -401,29 +401,6 @@ fn check_reports_every_host_and_names_the_one_that_is_down(ssh: &'static str) {
     story.assert_untouched();
 }
 
-/// Declares, for one transport, a test per story above.
-macro_rules! stories_over {
-    ($transport:ident, $($story:ident,)*) => {
-        mod $transport {
-            $(
-                #[test]
-                fn $story() {
-                    super::$story(stringify!($transport));
-                }
-            )*
-        }
-    };
-}
-
-/// Every story over the system OpenSSH client (what `auto` picks where `ssh`
-/// is installed) and over the built-in libssh2 client.
-macro_rules! stories_over_each_transport {
-    ($($story:ident,)*) => {
-        stories_over!(openssh, $($story,)*);
-        stories_over!(libssh2, $($story,)*);
-    };
-}
-
 stories_over_each_transport!(
     a_gated_deploy_over_ssh_switches_all_three_hosts_and_runs_the_hook_once,
     an_unknown_host_key_is_refused_with_its_fingerprint_until_accepted,

@@ -4,6 +4,30 @@
 
 #![allow(dead_code)]
 
+/// Declares, for one transport, a test per story (a function taking the
+/// `--ssh` value) of the module it is used in.
+macro_rules! stories_over {
+    ($transport:ident, $($story:ident,)*) => {
+        mod $transport {
+            $(
+                #[test]
+                fn $story() {
+                    super::$story(stringify!($transport));
+                }
+            )*
+        }
+    };
+}
+
+/// Every story over the system OpenSSH client (what `auto` picks where `ssh`
+/// is installed) and over the built-in libssh2 client.
+macro_rules! stories_over_each_transport {
+    ($($story:ident,)*) => {
+        stories_over!(openssh, $($story,)*);
+        stories_over!(libssh2, $($story,)*);
+    };
+}
+
 pub mod app;
 pub mod git_host;
 pub mod graphite;
